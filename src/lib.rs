@@ -1,0 +1,13 @@
+//! pymemtrace: find out where a running Python process's memory goes, from outside.
+//!
+//! Data flows target -> sampler -> a plain data model (attribution) -> report; see DESIGN.md.
+
+pub mod attribution;
+pub mod error;
+pub mod memory;
+pub mod report;
+pub mod sampler;
+pub mod target;
+
+/// The version printed by `--version` and written into every report.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

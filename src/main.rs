@@ -1,0 +1,375 @@
+//! The `pymemtrace` command: parses the command line, calls the library, maps errors to exit codes.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use pymemtrace::attribution::Profile;
+use pymemtrace::error::{Error, ErrorKind, Result};
+use pymemtrace::memory::{human_bytes, human_delta, page_size};
+use pymemtrace::report::cpymemtrace::LogWriter;
+use pymemtrace::report::{self, Format, Meta, Output, ReportOptions};
+use pymemtrace::sampler::{self, Change, ChargePolicy, Observer, Progress, Settings};
+use pymemtrace::target::{self, SpyOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "pymemtrace",
+    version = pymemtrace::VERSION,
+    about = "Find out where a running Python process's memory goes, from outside, without restarting it.",
+    after_help = "Exit codes: 0 success (also when the target exits), 1 internal error, 2 bad option, \
+                  3 no such process, 4 not a Python process, 5 permission denied, 6 unsupported Python \
+                  version, 7 output not writable, 8 command could not be started."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sample RSS and every thread's Python stack and charge memory growth to functions and lines.
+    #[command(
+        after_help = "Examples:\n  pymemtrace attach --pid 1234                     # until Ctrl-C, then a report\n  \
+                      pymemtrace attach --pid 1234 --duration 30 -o growth.svg -o growth.json\n  \
+                      pymemtrace attach -- python3 myscript.py         # start it and follow it\n\n\
+                      Outputs (-o, format from the extension): .txt collapsed stacks, .svg flamegraph, \
+                      .speedscope.json speedscope, .json everything, .log cPyMemTrace event log, .table the summary."
+    )]
+    Attach(AttachArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ChargeArg {
+    After,
+    ReleaseBefore,
+}
+
+#[derive(Args)]
+struct AttachArgs {
+    /// PID of the running Python process to sample.
+    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
+    pid: Option<i32>,
+
+    /// Stop after this many seconds (default: until Ctrl-C or the target exits).
+    #[arg(short, long, value_name = "SECONDS")]
+    duration: Option<f64>,
+
+    /// Write a report here; the format comes from the extension (repeat for several).
+    #[arg(short, long = "output", value_name = "PATH")]
+    outputs: Vec<PathBuf>,
+
+    /// Format for output paths whose extension does not say it.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+
+    /// Stack reads per second while RSS is flat (the floor; while RSS moves they run at full speed).
+    #[arg(long, default_value_t = 100.0, value_name = "HZ")]
+    rate: f64,
+
+    /// Upper bound on stack reads per second (default: as fast as they go).
+    #[arg(long, value_name = "HZ")]
+    max_rate: Option<f64>,
+
+    /// Pause the target during each stack read: exact stacks, at a cost to the target.
+    #[arg(long)]
+    blocking: bool,
+
+    /// Keep threads apart in every output (a root frame per thread).
+    #[arg(long)]
+    threads: bool,
+
+    /// Charge idle threads when no running thread is seen (instead of <unattributed>).
+    #[arg(long)]
+    idle: bool,
+
+    /// Collapsed stacks and flamegraphs show released bytes instead of net growth.
+    #[arg(long)]
+    released: bool,
+
+    /// The .log gets a row when RSS moved at least this many bytes since the last row (default: page size).
+    #[arg(long, value_name = "BYTES")]
+    trigger: Option<u64>,
+
+    /// Rows in the summary table.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    top: usize,
+
+    /// Never show the live status line (it is shown only when stderr is a terminal).
+    #[arg(long)]
+    no_progress: bool,
+
+    /// Which stack read an RSS change is charged to (for experiments; see docs/how-it-works.md).
+    #[arg(long, value_enum, default_value_t = ChargeArg::After, hide = true)]
+    charge: ChargeArg,
+
+    /// The command to start and follow from its first line (instead of --pid).
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+/// The live status line on stderr.
+struct LiveLine {
+    enabled: bool,
+    width: usize,
+}
+
+impl LiveLine {
+    fn clear(&mut self) {
+        if self.enabled && self.width > 0 {
+            eprint!("\r{}\r", " ".repeat(self.width));
+            self.width = 0;
+        }
+    }
+}
+
+/// What watches the sampler: the streamed event log and the live line.
+struct AttachObserver {
+    log: Option<LogWriter<std::io::BufWriter<std::fs::File>>>,
+    live: LiveLine,
+}
+
+impl Observer for AttachObserver {
+    fn change(&mut self, change: &Change<'_>, profile: &Profile) {
+        if let Some(log) = self.log.as_mut() {
+            log.change(change, profile);
+        }
+    }
+
+    fn progress(&mut self, progress: &Progress, profile: &Profile) {
+        if !self.live.enabled {
+            return;
+        }
+        let top = profile
+            .top_leaf()
+            .filter(|(_, net)| *net != 0)
+            .map(|(frame, net)| format!("  top: {} {}", frame.function, human_delta(net)))
+            .unwrap_or_default();
+        let line = format!(
+            "{:6.1}s  samples {} (lost {})  RSS {} ({}){}",
+            progress.elapsed.as_secs_f64(),
+            progress.samples,
+            progress.lost,
+            human_bytes(progress.rss as i64),
+            human_delta(progress.rss as i64 - progress.rss_start as i64),
+            top
+        );
+        let padding = self.live.width.saturating_sub(line.chars().count());
+        eprint!("\r{line}{}", " ".repeat(padding));
+        let _ = std::io::stderr().flush();
+        self.live.width = line.chars().count();
+    }
+}
+
+fn validate(args: &AttachArgs) -> Result<()> {
+    if args.pid.is_none() && args.command.is_empty() {
+        return Err(Error::usage(
+            "give --pid PID to attach to a running process, or `-- COMMAND ARGS...` to start one",
+        ));
+    }
+    if !(args.rate > 0.0 && args.rate.is_finite()) {
+        return Err(Error::usage(format!(
+            "--rate must be a positive number of reads per second, not {}",
+            args.rate
+        )));
+    }
+    if let Some(max) = args.max_rate {
+        if !(max > 0.0 && max.is_finite()) || max < args.rate {
+            return Err(Error::usage(format!(
+                "--max-rate must be a positive number at least --rate ({}), not {max}",
+                args.rate
+            )));
+        }
+    }
+    if let Some(duration) = args.duration {
+        if !(duration > 0.0 && duration.is_finite()) {
+            return Err(Error::usage(format!(
+                "--duration must be a positive number of seconds, not {duration}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn attach(args: AttachArgs) -> Result<()> {
+    validate(&args)?;
+    let mut outputs = Vec::new();
+    for path in &args.outputs {
+        match Output::create(path, args.format) {
+            Ok(output) => outputs.push(output),
+            Err(err) => {
+                remove_outputs(&outputs);
+                return Err(err);
+            }
+        }
+    }
+    let result = attach_and_report(&args, &mut outputs);
+    if result.is_err() {
+        remove_outputs(&outputs);
+    }
+    result
+}
+
+/// Removes files created for a run that produced nothing, so no empty report is left behind.
+fn remove_outputs(outputs: &[Output]) {
+    for output in outputs {
+        let _ = std::fs::remove_file(&output.path);
+    }
+}
+
+fn attach_and_report(args: &AttachArgs, outputs: &mut [Output]) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .map_err(|err| Error::internal(format!("cannot install the Ctrl-C handler: {err}")))?;
+    }
+
+    let spy_options = SpyOptions {
+        blocking: args.blocking,
+        thread_names: args.threads,
+    };
+    let mut target = match args.pid {
+        Some(pid) => target::attach(pid, spy_options)?,
+        None => target::spawn(&args.command, spy_options)?,
+    };
+    let meta = Meta {
+        pid: target.pid,
+        command_line: target.command_line.clone(),
+        executable: target.executable.clone(),
+        python_version: target.python_version.clone(),
+        rate: args.rate,
+        max_rate: args.max_rate,
+        blocking: args.blocking,
+        threads: args.threads,
+        idle: args.idle,
+        tool_version: pymemtrace::VERSION.to_string(),
+    };
+    eprintln!(
+        "pymemtrace: sampling PID {} ({}, Python {}){}; Ctrl-C to stop and report",
+        meta.pid,
+        report::collapsed::truncate(&meta.command_line, 60),
+        meta.python_version,
+        args.duration
+            .map(|d| format!(" for {d} s"))
+            .unwrap_or_default()
+    );
+
+    let settings = Settings {
+        rate: args.rate,
+        max_rate: args.max_rate,
+        duration: args.duration.map(Duration::from_secs_f64),
+        threads: args.threads,
+        idle: args.idle,
+        policy: match args.charge {
+            ChargeArg::After => ChargePolicy::After,
+            ChargeArg::ReleaseBefore => ChargePolicy::ReleaseBefore,
+        },
+        ..Settings::default()
+    };
+
+    let rss_at_attach = pymemtrace::memory::rss_once(target.pid).unwrap_or(0);
+    let trigger = args.trigger.unwrap_or_else(page_size);
+    let mut log = None;
+    if let Some(index) = outputs.iter().position(|o| o.format == Format::Log) {
+        let output = &outputs[index];
+        let file = output
+            .file
+            .get_ref()
+            .try_clone()
+            .map_err(|e| output.write_error(e))?;
+        log = Some(
+            LogWriter::start(std::io::BufWriter::new(file), trigger, rss_at_attach)
+                .map_err(|e| output.write_error(e))?,
+        );
+    }
+    let mut observer = AttachObserver {
+        log,
+        live: LiveLine {
+            enabled: !args.no_progress && std::io::stderr().is_terminal(),
+            width: 0,
+        },
+    };
+
+    let recording = sampler::run(&mut target, &settings, &stop, &mut observer);
+    observer.live.clear();
+    if let Some(child) = target.child.as_mut() {
+        // In spawn mode the program is ours: end it if sampling stopped first, and reap it.
+        target::stop_child(child);
+    }
+    let recording = recording?;
+
+    if let Some(log) = observer.log.take() {
+        let output = outputs
+            .iter()
+            .find(|o| o.format == Format::Log)
+            .expect("log output exists");
+        log.finish(
+            recording.samples,
+            recording.elapsed.as_secs_f64(),
+            recording.rss_end,
+            recording.end.describe(),
+        )
+        .map_err(|e| output.write_error(e))?;
+    }
+    let options = ReportOptions {
+        released: args.released,
+        top: args.top,
+    };
+    for output in outputs.iter_mut() {
+        report::write_report(output, &meta, &recording, options)?;
+    }
+
+    let stdout = std::io::stdout();
+    let mut stdout = stdout.lock();
+    report::table::write(&mut stdout, &meta, &recording, args.top)
+        .and_then(|_| stdout.flush())
+        .map_err(|err| Error::internal(format!("cannot write to stdout: {err}")))?;
+    if recording.end == sampler::EndReason::TargetExited {
+        eprintln!(
+            "pymemtrace: PID {} exited; the report covers it up to its exit",
+            meta.pid
+        );
+    }
+    for output in outputs.iter() {
+        eprintln!("pymemtrace: wrote {}", output.path.display());
+    }
+    Ok(())
+}
+
+fn main() {
+    // Whatever happens, the user gets one line, never a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!(
+            "pymemtrace: internal error: {info}; please report this at the project's issue tracker"
+        );
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() {
+                ErrorKind::Usage.exit_code()
+            } else {
+                0
+            };
+            let _ = err.print();
+            std::process::exit(code);
+        }
+    };
+    let outcome = std::panic::catch_unwind(|| match cli.command {
+        Command::Attach(args) => attach(args),
+    });
+    let code = match outcome {
+        Ok(Ok(())) => 0,
+        Ok(Err(err)) => {
+            eprintln!("pymemtrace: error: {err}");
+            err.kind.exit_code()
+        }
+        Err(_) => ErrorKind::Internal.exit_code(),
+    };
+    std::process::exit(code);
+}

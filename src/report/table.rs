@@ -1,0 +1,111 @@
+//! The summary table printed on stdout at the end of a run.
+
+use std::io::{self, Write};
+
+use crate::memory::{human_bytes, human_delta};
+use crate::report::collapsed::truncate;
+use crate::report::Meta;
+use crate::sampler::Recording;
+
+/// "12,345".
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn write(
+    out: &mut dyn Write,
+    meta: &Meta,
+    recording: &Recording,
+    top: usize,
+) -> io::Result<()> {
+    let profile = &recording.profile;
+    let overall = profile.overall();
+    writeln!(
+        out,
+        "pymemtrace attach: PID {} ({}), Python {}",
+        meta.pid,
+        truncate(&meta.command_line, 70),
+        meta.python_version
+    )?;
+    let rate = recording
+        .hot_rate()
+        .map(|r| format!("; {:.0} stack reads/s while memory moved", r))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "sampled {:.1} s ({}); samples {}, lost {} ({:.2}%){}",
+        recording.elapsed.as_secs_f64(),
+        recording.end.describe(),
+        thousands(recording.samples),
+        thousands(recording.lost),
+        recording.lost_fraction() * 100.0,
+        rate
+    )?;
+    writeln!(
+        out,
+        "RSS {} -> {} ({}), peak {}; charged: grown {}, released {}, net {}",
+        human_bytes(recording.rss_start as i64),
+        human_bytes(recording.rss_end as i64),
+        human_delta(recording.rss_end as i64 - recording.rss_start as i64),
+        human_bytes(recording.rss_peak as i64),
+        human_bytes(overall.grown as i64),
+        human_bytes(overall.released as i64),
+        human_delta(overall.net()),
+    )?;
+    writeln!(out)?;
+    let functions = profile.functions();
+    if functions.iter().all(|f| f.total_totals.charges == 0) {
+        writeln!(out, "No RSS change was seen while sampling.")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>11} {:>11} {:>11} {:>11} {:>6}  {:<32} FILE:LINE",
+        "SELF NET", "TOTAL NET", "GROWN", "RELEASED", "SHARE", "FUNCTION"
+    )?;
+    for f in functions.iter().take(top) {
+        let location = if f.file.is_empty() {
+            String::new()
+        } else {
+            format!("{}:{}", f.file, f.line)
+        };
+        writeln!(
+            out,
+            "{:>11} {:>11} {:>11} {:>11} {:>5.1}%  {:<32} {}",
+            human_delta(f.self_totals.net()),
+            human_delta(f.total_totals.net()),
+            human_bytes(f.self_totals.grown as i64),
+            human_bytes(f.self_totals.released as i64),
+            f.share * 100.0,
+            truncate(&f.function, 32),
+            location
+        )?;
+    }
+    if functions.len() > top {
+        writeln!(
+            out,
+            "... {} more functions (--top N shows more)",
+            functions.len() - top
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(super::thousands(0), "0");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(12034), "12,034");
+        assert_eq!(super::thousands(1234567), "1,234,567");
+    }
+}
