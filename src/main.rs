@@ -47,6 +47,7 @@ enum Command {
 enum ChargeArg {
     After,
     ReleaseBefore,
+    Before,
 }
 
 #[derive(Args)]
@@ -268,6 +269,7 @@ fn attach_and_report(args: &AttachArgs, outputs: &mut [Output]) -> Result<()> {
         policy: match args.charge {
             ChargeArg::After => ChargePolicy::After,
             ChargeArg::ReleaseBefore => ChargePolicy::ReleaseBefore,
+            ChargeArg::Before => ChargePolicy::Before,
         },
         ..Settings::default()
     };

@@ -74,6 +74,8 @@ pub struct ThreadSample {
     pub stack: StackId,
     pub owns_gil: bool,
     pub active: bool,
+    /// The kernel's thread id, when the interpreter exposes it (3.11+, or py-spy found it).
+    pub os_thread_id: Option<u64>,
 }
 
 /// Which threads of a stack read get charged with an RSS change.
@@ -97,6 +99,27 @@ pub fn chargeable(threads: &[ThreadSample], include_idle: bool) -> Vec<StackId> 
         return threads.iter().map(|t| t.stack).collect();
     }
     Vec::new()
+}
+
+/// Splits a growth over the threads whose page-fault counters moved, weighted by their faults, each
+/// charged with the stack given for it in `stack_of_thread` (kernel thread id -> stack). Faults of
+/// threads with no Python stack there (native threads) go to the `<unattributed>` bucket (`None` in
+/// the result). Returns `None` when no faulting thread has a Python stack, so the caller falls back
+/// to [`chargeable`].
+pub fn fault_weighted(
+    stack_of_thread: &HashMap<u64, StackId>,
+    faults: &HashMap<u64, u64>,
+) -> Option<Vec<(Option<StackId>, u64)>> {
+    let mut weights: Vec<(Option<StackId>, u64)> = faults
+        .iter()
+        .map(|(tid, &count)| (stack_of_thread.get(tid).copied(), count))
+        .collect();
+    // Deterministic order (largest first) so the split's remainder always lands the same way.
+    weights.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    weights
+        .iter()
+        .any(|(stack, _)| stack.is_some())
+        .then_some(weights)
 }
 
 /// Interned frames and stacks with the bytes charged to each stack.
@@ -168,6 +191,27 @@ impl Profile {
         for (index, &stack) in stacks.iter().enumerate() {
             let part = if index == 0 { share + remainder } else { share };
             self.totals[stack as usize].add(part);
+        }
+    }
+
+    /// Charges `delta` split in proportion to the weights; `None` means `<unattributed>`.
+    pub fn charge_weighted(&mut self, delta: i64, weights: &[(Option<StackId>, u64)]) {
+        let total: u64 = weights.iter().map(|(_, w)| *w).sum();
+        if delta == 0 || total == 0 {
+            return self.charge(delta, &[]);
+        }
+        let mut given = 0i64;
+        for (index, (stack, weight)) in weights.iter().enumerate() {
+            let part = if index + 1 == weights.len() {
+                delta - given
+            } else {
+                (delta as i128 * *weight as i128 / total as i128) as i64
+            };
+            given += part;
+            match stack {
+                Some(stack) => self.charge(part, &[*stack]),
+                None => self.charge(part, &[]),
+            }
         }
     }
 
@@ -403,11 +447,13 @@ mod tests {
                 stack: 1,
                 owns_gil: false,
                 active: true,
+                os_thread_id: None,
             },
             ThreadSample {
                 stack: 2,
                 owns_gil: true,
                 active: true,
+                os_thread_id: None,
             },
         ];
         assert_eq!(chargeable(&threads, false), vec![2]);
@@ -420,16 +466,19 @@ mod tests {
                 stack: 1,
                 owns_gil: false,
                 active: true,
+                os_thread_id: None,
             },
             ThreadSample {
                 stack: 2,
                 owns_gil: false,
                 active: false,
+                os_thread_id: None,
             },
             ThreadSample {
                 stack: 3,
                 owns_gil: false,
                 active: true,
+                os_thread_id: None,
             },
         ];
         assert_eq!(chargeable(&threads, false), vec![1, 3]);
@@ -437,6 +486,7 @@ mod tests {
             stack: 2,
             owns_gil: false,
             active: false,
+            os_thread_id: None,
         }];
         assert!(chargeable(&idle, false).is_empty());
         assert_eq!(chargeable(&idle, true), vec![2]);
@@ -462,6 +512,26 @@ mod tests {
             .find(|f| f.function == UNATTRIBUTED)
             .unwrap();
         assert_eq!(unattributed.self_totals.grown, 77);
+    }
+
+    #[test]
+    fn faults_pick_the_thread_that_grew_even_without_the_gil() {
+        let mut profile = Profile::new();
+        let main = stack(&mut profile, &[("compute", 1)]);
+        let worker = stack(&mut profile, &[("worker_alloc", 1)]);
+        let stacks = HashMap::from([(10u64, main), (11, worker)]);
+        let faults = HashMap::from([(11u64, 300u64), (10, 100), (99, 100)]);
+        let weights = fault_weighted(&stacks, &faults).unwrap();
+        profile.charge_weighted(1000, &weights);
+        assert_eq!(profile.totals(worker).grown, 600);
+        assert_eq!(profile.totals(main).grown, 200);
+        assert_eq!(
+            profile.overall().grown,
+            1000,
+            "the native thread's 200 go to <unattributed>"
+        );
+        assert!(fault_weighted(&HashMap::new(), &faults).is_none());
+        assert!(fault_weighted(&stacks, &HashMap::new()).is_none());
     }
 
     #[test]

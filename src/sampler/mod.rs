@@ -12,9 +12,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use py_spy::StackTrace;
 
-use crate::attribution::{chargeable, Frame, FrameId, Profile, StackId, ThreadSample};
+mod thread_ids;
+
+use std::collections::HashMap;
+
+use crate::attribution::{
+    chargeable, fault_weighted, Frame, FrameId, Profile, StackId, ThreadSample,
+};
 use crate::error::{Error, Result};
-use crate::memory::{RssError, RssReader};
+use crate::memory::{RssError, RssReader, ThreadFaults};
 use crate::target::Target;
 
 /// Which stack read an RSS change is charged to.
@@ -25,6 +31,9 @@ pub enum ChargePolicy {
     /// Growth to the stack read right after; a release to the stack read just before it was seen,
     /// because memory is mostly given back as a scope ends, just before its function returns.
     ReleaseBefore,
+    /// Growth and release to the stack read just before the change was seen, i.e. the read that
+    /// ran while the change happened.
+    Before,
 }
 
 /// How the loop runs.
@@ -44,6 +53,8 @@ pub struct Settings {
     /// RSS poll period while flat.
     pub rss_poll: Duration,
     pub policy: ChargePolicy,
+    /// Use per-thread page faults to find the thread that grew (falls back to the GIL rule).
+    pub thread_faults: bool,
     /// How often progress is reported to the observer.
     pub progress_every: Duration,
 }
@@ -58,7 +69,8 @@ impl Default for Settings {
             idle: false,
             hot_window: Duration::from_millis(100),
             rss_poll: Duration::from_millis(1),
-            policy: ChargePolicy::After,
+            policy: ChargePolicy::Before,
+            thread_faults: true,
             progress_every: Duration::from_millis(250),
         }
     }
@@ -189,9 +201,48 @@ fn intern_traces(
                 stack: profile.intern_stack(ids),
                 owns_gil: trace.owns_gil,
                 active: trace.active,
+                os_thread_id: trace.os_thread_id,
             }
         })
         .collect()
+}
+
+/// The stack to charge each kernel thread with: its stack in `basis` (the read that overlapped the
+/// change) if it was running then; else in `current` if running now; else its last running stack
+/// within `recent`; else its stack in `basis` as it was (idle).
+fn stacks_by_thread(
+    basis: &[ThreadSample],
+    current: &[ThreadSample],
+    last_running: &HashMap<u64, (StackId, Instant)>,
+    now: Instant,
+    recent: Duration,
+) -> HashMap<u64, StackId> {
+    let mut chosen: HashMap<u64, StackId> = HashMap::new();
+    let running_in = |threads: &[ThreadSample], tid: u64| {
+        threads
+            .iter()
+            .find(|t| t.os_thread_id == Some(tid) && t.active)
+            .map(|t| t.stack)
+    };
+    for thread in basis.iter().chain(current) {
+        let Some(tid) = thread.os_thread_id else {
+            continue;
+        };
+        if chosen.contains_key(&tid) {
+            continue;
+        }
+        let stack = running_in(basis, tid)
+            .or_else(|| running_in(current, tid))
+            .or_else(|| {
+                last_running
+                    .get(&tid)
+                    .filter(|(_, seen)| now.duration_since(*seen) <= recent)
+                    .map(|(stack, _)| *stack)
+            })
+            .unwrap_or(thread.stack);
+        chosen.insert(tid, stack);
+    }
+    chosen
 }
 
 /// Runs the loop until `stop` is set, the duration passes or the target exits.
@@ -242,11 +293,19 @@ pub fn run(
     let mut pending: i64 = 0;
     let mut last_change: Option<Instant> = None;
     let mut last_read: Option<Instant> = None;
-    // What the previous successful stack read would have charged, with its time and RSS.
+    // The previous successful stack read (the one that ran while a newly seen change happened),
+    // with its time and RSS.
+    let mut previous_threads: Option<Vec<ThreadSample>> = None;
     let mut previous_charge: Vec<StackId> = Vec::new();
-    let mut previous_ok = false;
     let mut previous_clock = 0.0;
     let mut previous_rss = rss_start;
+    let mut faults = ThreadFaults::new(target.pid);
+    let mut pending_faults: HashMap<u64, u64> = HashMap::new();
+    let mut faults_usable = settings.thread_faults;
+    // Each thread's most recent stack while it was running: a thread that faulted in a short burst
+    // and went back to sleep before the next read is charged with what it ran, not with its sleep.
+    let mut last_running: HashMap<u64, (StackId, Instant)> = HashMap::new();
+    let mut thread_ids = thread_ids::ThreadIdResolver::default();
     let mut last_progress = start;
     let mut last_loop = start;
 
@@ -288,6 +347,13 @@ pub fn run(
             rec.hot_time += now.duration_since(last_loop);
         }
         last_loop = now;
+        if faults_usable {
+            faults_usable = faults.poll(&mut pending_faults);
+            if !hot && pending == 0 {
+                // Faults while RSS stayed flat were offset by frees: they say nothing about the next change.
+                pending_faults.clear();
+            }
+        }
         let since_read = last_read.map(|t| now.duration_since(t));
         let floor_due = since_read.is_none_or(|d| d >= floor_interval);
         let cap_allows = since_read.is_none_or(|d| d >= min_interval);
@@ -300,7 +366,29 @@ pub fn run(
                 .get_stack_traces()
                 .or_else(|_| target.spy.get_stack_traces());
             match traces {
-                Ok(traces) => {
+                Ok(mut traces) => {
+                    if faults_usable && traces.iter().any(|t| t.os_thread_id.is_none()) {
+                        let missing: Vec<u64> = traces
+                            .iter()
+                            .filter(|t| t.os_thread_id.is_none())
+                            .map(|t| t.thread_id)
+                            .collect();
+                        let found = thread_ids.resolve(
+                            &target.spy.process,
+                            target.pid as u64,
+                            &missing,
+                            &faults.thread_ids(),
+                        );
+                        for trace in traces.iter_mut().filter(|t| t.os_thread_id.is_none()) {
+                            trace.os_thread_id = found.get(&trace.thread_id).copied();
+                            // py-spy could only guess activity from the frames; the scheduler knows.
+                            if let Some(running) =
+                                trace.os_thread_id.and_then(|tid| faults.is_running(tid))
+                            {
+                                trace.active = running;
+                            }
+                        }
+                    }
                     rec.samples += 1;
                     if hot {
                         rec.hot_samples += 1;
@@ -309,15 +397,38 @@ pub fn run(
                     let charged = chargeable(&threads, settings.idle);
                     let clock = now.duration_since(start).as_secs_f64();
                     if pending != 0 {
-                        let to = if pending < 0
-                            && settings.policy == ChargePolicy::ReleaseBefore
-                            && previous_ok
-                        {
-                            previous_charge.clone()
-                        } else {
-                            charged.clone()
+                        let use_previous = match settings.policy {
+                            ChargePolicy::After => false,
+                            ChargePolicy::ReleaseBefore => pending < 0,
+                            ChargePolicy::Before => true,
                         };
-                        profile.charge(pending, &to);
+                        let (basis, basis_charge) = match (&previous_threads, use_previous) {
+                            (Some(previous), true) => (previous.as_slice(), &previous_charge),
+                            _ => (threads.as_slice(), &charged),
+                        };
+                        // Growth comes from page faults, so the faulting threads are the growers.
+                        let weights = (pending > 0 && faults_usable && !pending_faults.is_empty())
+                            .then(|| {
+                                let stacks = stacks_by_thread(
+                                    basis,
+                                    &threads,
+                                    &last_running,
+                                    now,
+                                    settings.hot_window,
+                                );
+                                fault_weighted(&stacks, &pending_faults)
+                            })
+                            .flatten();
+                        let to: Vec<StackId> = match &weights {
+                            Some(weights) => {
+                                profile.charge_weighted(pending, weights);
+                                weights.iter().filter_map(|(stack, _)| *stack).collect()
+                            }
+                            None => {
+                                profile.charge(pending, basis_charge);
+                                basis_charge.clone()
+                            }
+                        };
                         observer.change(
                             &Change {
                                 sample: rec.samples,
@@ -325,7 +436,7 @@ pub fn run(
                                 rss,
                                 delta: pending,
                                 charged: &to,
-                                previous: previous_ok.then_some(PreviousSample {
+                                previous: previous_threads.is_some().then_some(PreviousSample {
                                     clock: previous_clock,
                                     rss: previous_rss,
                                     charged: &previous_charge,
@@ -334,9 +445,23 @@ pub fn run(
                             &profile,
                         );
                         pending = 0;
+                        // Faults not yet visible in statm (it lags by up to a batch of pages per CPU)
+                        // stay for the change that will show them.
+                        pending_faults.clear();
+                    }
+                    for thread in threads.iter().filter(|t| t.active) {
+                        if let Some(tid) = thread.os_thread_id {
+                            last_running.insert(tid, (thread.stack, now));
+                        }
+                    }
+                    if last_running.len() > 4 * threads.len() + 64 {
+                        // Forget threads that ended long ago.
+                        last_running.retain(|_, (_, seen)| {
+                            now.duration_since(*seen) < Duration::from_secs(1)
+                        });
                     }
                     previous_charge = charged;
-                    previous_ok = true;
+                    previous_threads = Some(threads);
                     previous_clock = clock;
                     previous_rss = rss;
                 }
@@ -346,7 +471,7 @@ pub fn run(
                     }
                     // The change stays pending and goes to the next stack that can be read.
                     rec.lost += 1;
-                    previous_ok = false;
+                    previous_threads = None;
                 }
             }
         } else {
