@@ -105,7 +105,7 @@ struct AttachArgs {
     no_progress: bool,
 
     /// Which stack read an RSS change is charged to (for experiments; see docs/how-it-works.md).
-    #[arg(long, value_enum, default_value_t = ChargeArg::After, hide = true)]
+    #[arg(long, value_enum, default_value_t = ChargeArg::Before, hide = true)]
     charge: ChargeArg,
 
     /// The command to start and follow from its first line (instead of --pid).

@@ -21,20 +21,34 @@ pub struct LogWriter<W: Write> {
     error: Option<io::Error>,
 }
 
-fn row(
+/// One event row, without its `FRST:`/`NEXT:`/`PREV:`/`LAST:` prefix.
+struct Row<'a> {
     event: u64,
     d_event: u64,
     clock: f64,
-    file: &str,
+    file: &'a str,
     line: i32,
-    function: &str,
+    function: &'a str,
     rss: u64,
     d_rss: i64,
-) -> String {
-    format!(
-        "{:<12} +{:<6} {:<12.6} {:<8} {:<80} {:>4} {:<32} {:>12} {:>12}",
-        event, d_event, clock, "SAMPLE", file, line, function, rss, d_rss
-    )
+}
+
+impl std::fmt::Display for Row<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<12} +{:<6} {:<12.6} {:<8} {:<80} {:>4} {:<32} {:>12} {:>12}",
+            self.event,
+            self.d_event,
+            self.clock,
+            "SAMPLE",
+            self.file,
+            self.line,
+            self.function,
+            self.rss,
+            self.d_rss
+        )
+    }
 }
 
 fn leaf<'a>(profile: &'a Profile, charged: &[StackId]) -> (&'a str, i32, &'a str) {
@@ -56,11 +70,17 @@ impl<W: Write> LogWriter<W> {
             "HDR: {:<12} {:<6}  {:<12} {:<8} {:<80} {:>4} {:<32} {:>12} {:>12}",
             "Event", "dEvent", "Clock", "What", "File", "Line", "Function", "RSS", "dRSS"
         )?;
-        writeln!(
-            out,
-            "FRST: {}",
-            row(0, 0, 0.0, "", 0, "<attach>", rss_start, 0)
-        )?;
+        let first = Row {
+            event: 0,
+            d_event: 0,
+            clock: 0.0,
+            file: "",
+            line: 0,
+            function: "<attach>",
+            rss: rss_start,
+            d_rss: 0,
+        };
+        writeln!(out, "FRST: {first}")?;
         Ok(LogWriter {
             out,
             trigger: trigger.max(1),
@@ -78,11 +98,17 @@ impl<W: Write> LogWriter<W> {
         let d_rss = rss_end as i64 - self.last_reported_rss as i64;
         let d_event = samples.saturating_sub(self.last_reported_event);
         let what = format!("<end: {why}>");
-        writeln!(
-            self.out,
-            "LAST: {}",
-            row(samples, d_event, clock, "", 0, &what, rss_end, d_rss)
-        )?;
+        let last = Row {
+            event: samples,
+            d_event,
+            clock,
+            file: "",
+            line: 0,
+            function: &what,
+            rss: rss_end,
+            d_rss,
+        };
+        writeln!(self.out, "LAST: {last}")?;
         writeln!(self.out, "EOF")?;
         self.out.flush()?;
         Ok(self.out)
@@ -98,37 +124,31 @@ impl<W: Write> LogWriter<W> {
             if let Some(previous) = &change.previous {
                 let (file, line, function) = leaf(profile, previous.charged);
                 let d_prev = previous.rss as i64 - self.last_reported_rss as i64;
-                writeln!(
-                    self.out,
-                    "PREV: {}",
-                    row(
-                        change.sample - 1,
-                        d_event - 1,
-                        previous.clock,
-                        file,
-                        line,
-                        function,
-                        previous.rss,
-                        d_prev
-                    )
-                )?;
+                let prev = Row {
+                    event: change.sample - 1,
+                    d_event: d_event - 1,
+                    clock: previous.clock,
+                    file,
+                    line,
+                    function,
+                    rss: previous.rss,
+                    d_rss: d_prev,
+                };
+                writeln!(self.out, "PREV: {prev}")?;
             }
         }
         let (file, line, function) = leaf(profile, change.charged);
-        writeln!(
-            self.out,
-            "NEXT: {}",
-            row(
-                change.sample,
-                d_event,
-                change.clock,
-                file,
-                line,
-                function,
-                change.rss,
-                d_rss
-            )
-        )?;
+        let next = Row {
+            event: change.sample,
+            d_event,
+            clock: change.clock,
+            file,
+            line,
+            function,
+            rss: change.rss,
+            d_rss,
+        };
+        writeln!(self.out, "NEXT: {next}")?;
         self.last_reported_rss = change.rss;
         self.last_reported_event = change.sample;
         Ok(())

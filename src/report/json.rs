@@ -59,7 +59,7 @@ pub fn to_value(meta: &Meta, recording: &Recording) -> Value {
             )
         })
         .collect();
-    stacks.sort_by(|a, b| b.0.cmp(&a.0));
+    stacks.sort_by_key(|(net, _)| std::cmp::Reverse(*net));
     json!({
         "tool": "pymemtrace attach",
         "version": meta.tool_version,
