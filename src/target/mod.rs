@@ -1,0 +1,287 @@
+//! Finding and validating the target process, and every user-facing error about it.
+//!
+//! `attach` opens an existing PID; `spawn` starts a command and waits until its interpreter can be
+//! read. Both hand back a [`Target`] that owns the py-spy handle used by the sampler.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use py_spy::config::{LineNo, LockingStrategy};
+use py_spy::{Config, PythonSpy};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// How the stacks are to be read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpyOptions {
+    /// Pause the target during each stack read (exact stacks, slower target).
+    pub blocking: bool,
+    /// Look up Python thread names (needed only when threads are kept apart).
+    pub thread_names: bool,
+}
+
+/// A Python process we can read, and what we know about it.
+pub struct Target {
+    pub pid: i32,
+    pub command_line: String,
+    pub executable: String,
+    pub python_version: String,
+    pub spy: PythonSpy,
+    /// Set in spawn mode: the child we started and must reap.
+    pub child: Option<Child>,
+}
+
+fn spy_config(options: SpyOptions) -> Config {
+    Config {
+        blocking: if options.blocking {
+            LockingStrategy::Lock
+        } else {
+            LockingStrategy::NonBlocking
+        },
+        collect_thread_names: options.thread_names,
+        lineno: LineNo::LastInstruction,
+        gil_only: false,
+        ..Config::default()
+    }
+}
+
+/// Reads /proc/PID/stat's state letter, or None when the process does not exist.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself contain spaces or parentheses.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().next()?.chars().next()
+}
+
+/// True while the process exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    matches!(process_state(pid), Some(state) if state != 'Z' && state != 'X')
+}
+
+fn command_line(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|part| !part.is_empty())
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn owner_uid(pid: i32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
+}
+
+fn permission_error(pid: i32) -> Error {
+    let owner = owner_uid(pid)
+        .map(|uid| format!(" (owned by uid {uid})"))
+        .unwrap_or_default();
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&s| s > 0)
+        .map(|s| {
+            format!("; kernel.yama.ptrace_scope is {s}, so without CAP_SYS_PTRACE only a parent may read its children")
+        })
+        .unwrap_or_default();
+    Error::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "permission denied reading the memory of PID {pid}{owner}: run pymemtrace as the same user, \
+             with sudo, or with CAP_SYS_PTRACE (e.g. `sudo setcap cap_sys_ptrace+ep $(command -v pymemtrace)`){scope}"
+        ),
+    )
+}
+
+/// Checks that `pid` names a live process whose memory we may read; says precisely what is wrong if not.
+pub fn check_process(pid: i32) -> Result<()> {
+    if pid <= 0 {
+        return Err(Error::usage(format!(
+            "--pid must be a positive process id, not {pid}"
+        )));
+    }
+    match process_state(pid) {
+        None => {
+            return Err(Error::new(
+                ErrorKind::NoSuchProcess,
+                format!("no process with PID {pid}: check the PID with `ps` or `pgrep -f python`"),
+            ))
+        }
+        Some('Z') | Some('X') => {
+            return Err(Error::new(
+                ErrorKind::NoSuchProcess,
+                format!("PID {pid} has already exited (it is a zombie waiting for its parent)"),
+            ))
+        }
+        Some(_) => {}
+    }
+    // /proc/PID/maps is guarded by the same ptrace access check as reading the memory itself.
+    match std::fs::File::open(format!("/proc/{pid}/maps")) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(permission_error(pid))
+        }
+        Err(_) if !Path::new(&format!("/proc/{pid}")).exists() => Err(Error::new(
+            ErrorKind::NoSuchProcess,
+            format!("PID {pid} exited while being checked"),
+        )),
+        Err(err) => Err(Error::internal(format!(
+            "cannot read /proc/{pid}/maps: {err}"
+        ))),
+    }
+}
+
+/// Turns py-spy's errors into the tool's own.
+fn classify_spy_error(pid: i32, err: &anyhow::Error) -> Error {
+    let text = format!("{err:#}");
+    let permission = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    }) || text.contains("Permission denied")
+        || text.contains("Operation not permitted");
+    if !is_alive(pid) {
+        Error::new(
+            ErrorKind::NoSuchProcess,
+            format!("PID {pid} exited before it could be read"),
+        )
+    } else if permission {
+        permission_error(pid)
+    } else if text.contains("Unsupported version") {
+        Error::new(
+            ErrorKind::UnsupportedVersion,
+            format!("PID {pid} runs a Python version this build cannot read ({text}); supported: CPython 2.7 and 3.3-3.14"),
+        )
+    } else if text.contains("python version")
+        || text.contains("python interpreter")
+        || text.contains("Failed to find")
+    {
+        Error::new(
+            ErrorKind::NotPython,
+            format!(
+                "PID {pid} ({}) is not a CPython process, or its interpreter could not be found: {text}",
+                command_line(pid)
+            ),
+        )
+    } else {
+        Error::internal(format!("cannot read the Python state of PID {pid}: {text}"))
+    }
+}
+
+fn describe(pid: i32, spy: PythonSpy, child: Option<Child>) -> Target {
+    let executable = spy
+        .process
+        .exe()
+        .unwrap_or_else(|_| String::from("<unknown>"));
+    Target {
+        pid,
+        command_line: command_line(pid),
+        executable,
+        python_version: spy.version.to_string(),
+        spy,
+        child,
+    }
+}
+
+/// Attaches to a running process.
+pub fn attach(pid: i32, options: SpyOptions) -> Result<Target> {
+    check_process(pid)?;
+    let config = spy_config(options);
+    // A few quick retries ride over the transient read errors seen while a target starts or forks.
+    let mut last_error = None;
+    for _ in 0..3 {
+        match PythonSpy::new(pid, &config) {
+            Ok(spy) => return Ok(describe(pid, spy, None)),
+            Err(err) => last_error = Some(err),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = last_error.expect("three attempts were made");
+    Err(classify_spy_error(pid, &err))
+}
+
+/// How long a spawned program may take before its interpreter is readable.
+const SPAWN_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts `command` and attaches as soon as its interpreter can be read.
+pub fn spawn(command: &[String], options: SpyOptions) -> Result<Target> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| Error::usage("nothing to run after `--`"))?;
+    let mut child = Command::new(program).args(args).spawn().map_err(|err| {
+        Error::new(
+            ErrorKind::SpawnFailed,
+            format!("cannot start `{program}`: {err}"),
+        )
+    })?;
+    let pid = child.id() as i32;
+    let config = spy_config(options);
+    let started = Instant::now();
+    loop {
+        // Polled at 1 ms so that as little as possible of the program runs before the first sample.
+        let attempt = PythonSpy::new(pid, &config).and_then(|mut spy| {
+            spy.get_stack_traces()?;
+            Ok(spy)
+        });
+        match attempt {
+            Ok(spy) => return Ok(describe(pid, spy, Some(child))),
+            Err(err) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(Error::new(
+                        ErrorKind::NoSuchProcess,
+                        format!("`{program}` exited ({status}) before its Python interpreter could be read"),
+                    ));
+                }
+                if started.elapsed() > SPAWN_READY_TIMEOUT {
+                    let error = classify_spy_error(pid, &err);
+                    stop_child(&mut child);
+                    return Err(error);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Ends a child we started: SIGINT first (as Ctrl-C would), then SIGKILL if it ignores that.
+pub fn stop_child(child: &mut Child) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, Signal::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive() {
+        assert!(is_alive(std::process::id() as i32));
+        assert_eq!(process_state(i32::MAX), None);
+    }
+
+    #[test]
+    fn missing_pid_is_reported() {
+        let err = check_process(i32::MAX).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NoSuchProcess);
+    }
+}
