@@ -174,6 +174,18 @@ impl Recording {
     }
 }
 
+/// Replaces control characters in a name read from the target. A nonblocking read can race a
+/// frame being torn down and return garbage, and a NUL byte would make the SVG invalid XML.
+fn printable(text: String) -> String {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    } else {
+        text
+    }
+}
+
 /// Turns one stack read into interned thread samples.
 fn intern_traces(
     profile: &mut Profile,
@@ -186,14 +198,14 @@ fn intern_traces(
             let mut ids: Vec<FrameId> = Vec::with_capacity(trace.frames.len() + 1);
             if threads {
                 let tid = trace.os_thread_id.unwrap_or(trace.thread_id);
-                let name = trace.thread_name.as_deref().unwrap_or("thread");
+                let name = printable(trace.thread_name.clone().unwrap_or_else(|| "thread".into()));
                 ids.push(profile.intern_frame(Frame::synthetic(&format!("<thread {name} {tid}>"))));
             }
             // py-spy lists frames innermost first; the profile keeps them outermost first.
             for frame in trace.frames.into_iter().rev() {
                 ids.push(profile.intern_frame(Frame {
-                    function: frame.name,
-                    file: frame.short_filename.unwrap_or(frame.filename),
+                    function: printable(frame.name),
+                    file: printable(frame.short_filename.unwrap_or(frame.filename)),
                     line: frame.line,
                 }));
             }
@@ -207,21 +219,59 @@ fn intern_traces(
         .collect()
 }
 
-/// The stack to charge each kernel thread with: its stack in `basis` (the read that overlapped the
-/// change) if it was running then; else in `current` if running now; else its last running stack
-/// within `recent`; else its stack in `basis` as it was (idle).
+/// How old a thread's last GIL-holding stack may be and still stand for a burst no read caught.
+const LONGEST_GIL_MEMORY: Duration = Duration::from_secs(5);
+
+/// Where each thread was last seen, per kernel thread id: holding the GIL, and running at all.
+#[derive(Default)]
+struct RecentStacks {
+    holding_gil: HashMap<u64, (StackId, Instant)>,
+    running: HashMap<u64, (StackId, Instant)>,
+}
+
+impl RecentStacks {
+    fn record(&mut self, threads: &[ThreadSample], now: Instant) {
+        for thread in threads {
+            let Some(tid) = thread.os_thread_id else {
+                continue;
+            };
+            if thread.owns_gil {
+                self.holding_gil.insert(tid, (thread.stack, now));
+            }
+            if thread.active {
+                self.running.insert(tid, (thread.stack, now));
+            }
+        }
+        if self.running.len() > 4 * threads.len() + 64 {
+            // Forget threads that ended long ago.
+            let recent = |(_, seen): &mut (StackId, Instant)| {
+                now.duration_since(*seen) < Duration::from_secs(1)
+            };
+            self.running.retain(|_, entry| recent(entry));
+            self.holding_gil.retain(|_, entry| recent(entry));
+        }
+    }
+}
+
+/// The stack to charge each kernel thread with, given the read that overlapped the change (`basis`)
+/// and the read just made (`current`). Python objects are only allocated with the GIL held, so the
+/// thread's stack while it held the GIL comes first: in `basis`, in `current`, or its last one within
+/// `recent` (a thread that allocated in a short burst and then slept, or now waits for the GIL, is
+/// charged with what it ran, not with where it waits). Then, for native code that released the GIL,
+/// its stack while running: in `basis`, in `current`. Then its last GIL-holding stack of the last
+/// few seconds. Else its stack in `basis` as it was.
 fn stacks_by_thread(
     basis: &[ThreadSample],
     current: &[ThreadSample],
-    last_running: &HashMap<u64, (StackId, Instant)>,
+    recent_stacks: &RecentStacks,
     now: Instant,
     recent: Duration,
 ) -> HashMap<u64, StackId> {
     let mut chosen: HashMap<u64, StackId> = HashMap::new();
-    let running_in = |threads: &[ThreadSample], tid: u64| {
+    let find = |threads: &[ThreadSample], tid: u64, wanted: fn(&ThreadSample) -> bool| {
         threads
             .iter()
-            .find(|t| t.os_thread_id == Some(tid) && t.active)
+            .find(|t| t.os_thread_id == Some(tid) && wanted(t))
             .map(|t| t.stack)
     };
     for thread in basis.iter().chain(current) {
@@ -231,14 +281,22 @@ fn stacks_by_thread(
         if chosen.contains_key(&tid) {
             continue;
         }
-        let stack = running_in(basis, tid)
-            .or_else(|| running_in(current, tid))
-            .or_else(|| {
-                last_running
-                    .get(&tid)
-                    .filter(|(_, seen)| now.duration_since(*seen) <= recent)
-                    .map(|(stack, _)| *stack)
-            })
+        let held_gil_within = |limit: Duration| {
+            recent_stacks
+                .holding_gil
+                .get(&tid)
+                .filter(|(_, seen)| now.duration_since(*seen) <= limit)
+                .map(|(stack, _)| *stack)
+        };
+        let stack = find(basis, tid, |t| t.owns_gil)
+            .or_else(|| find(current, tid, |t| t.owns_gil))
+            .or_else(|| held_gil_within(recent))
+            .or_else(|| find(basis, tid, |t| t.active))
+            .or_else(|| find(current, tid, |t| t.active))
+            // The thread faulted, so it ran, but no read caught it: where it last ran Python code is
+            // better evidence than where it sleeps now. (On a loaded machine the tool can miss a short
+            // burst many times in a row when it shares a core with the thread.)
+            .or_else(|| held_gil_within(LONGEST_GIL_MEMORY))
             .unwrap_or(thread.stack);
         chosen.insert(tid, stack);
     }
@@ -302,9 +360,9 @@ pub fn run(
     let mut faults = ThreadFaults::new(target.pid);
     let mut pending_faults: HashMap<u64, u64> = HashMap::new();
     let mut faults_usable = settings.thread_faults;
-    // Each thread's most recent stack while it was running: a thread that faulted in a short burst
-    // and went back to sleep before the next read is charged with what it ran, not with its sleep.
-    let mut last_running: HashMap<u64, (StackId, Instant)> = HashMap::new();
+    // Each thread's most recent stacks: a thread that faulted in a short burst and went back to
+    // sleep before the next read is charged with what it ran, not with its sleep.
+    let mut recent_stacks = RecentStacks::default();
     let mut thread_ids = thread_ids::ThreadIdResolver::default();
     let mut last_progress = start;
     let mut last_loop = start;
@@ -412,7 +470,7 @@ pub fn run(
                                 let stacks = stacks_by_thread(
                                     basis,
                                     &threads,
-                                    &last_running,
+                                    &recent_stacks,
                                     now,
                                     settings.hot_window,
                                 );
@@ -449,17 +507,7 @@ pub fn run(
                         // stay for the change that will show them.
                         pending_faults.clear();
                     }
-                    for thread in threads.iter().filter(|t| t.active) {
-                        if let Some(tid) = thread.os_thread_id {
-                            last_running.insert(tid, (thread.stack, now));
-                        }
-                    }
-                    if last_running.len() > 4 * threads.len() + 64 {
-                        // Forget threads that ended long ago.
-                        last_running.retain(|_, (_, seen)| {
-                            now.duration_since(*seen) < Duration::from_secs(1)
-                        });
-                    }
+                    recent_stacks.record(&threads, now);
                     previous_charge = charged;
                     previous_threads = Some(threads);
                     previous_clock = clock;
@@ -507,4 +555,13 @@ pub fn run(
     rec.elapsed = start.elapsed();
     rec.profile = profile;
     Ok(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_with_control_characters_are_made_printable() {
+        assert_eq!(super::printable("ok_name".into()), "ok_name");
+        assert_eq!(super::printable("bad\0na\x07me".into()), "bad?na?me");
+    }
 }
