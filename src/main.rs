@@ -72,7 +72,8 @@ struct AttachArgs {
     #[arg(long, default_value_t = 100.0, value_name = "HZ")]
     rate: f64,
 
-    /// Upper bound on stack reads per second (default: as fast as they go).
+    /// Upper bound on stack reads per second (default: as fast as they go). Lowers the cost on a
+    /// target whose memory moves all the time, but short bursts then go to whatever runs next.
     #[arg(long, value_name = "HZ")]
     max_rate: Option<f64>,
 
@@ -108,7 +109,7 @@ struct AttachArgs {
     #[arg(long, value_enum, default_value_t = ChargeArg::Before, hide = true)]
     charge: ChargeArg,
 
-    /// The command to start and follow from its first line (instead of --pid).
+    /// The command to start and follow (instead of --pid); sampling begins once its interpreter can be read.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
@@ -153,8 +154,8 @@ impl Observer for AttachObserver {
         let line = format!(
             "{:6.1}s  samples {} (lost {})  RSS {} ({}){}",
             progress.elapsed.as_secs_f64(),
-            progress.samples,
-            progress.lost,
+            report::table::thousands(progress.samples),
+            report::table::thousands(progress.lost),
             human_bytes(progress.rss as i64),
             human_delta(progress.rss as i64 - progress.rss_start as i64),
             top

@@ -291,3 +291,117 @@ fn duration_spawn_and_target_exit_each_end_with_complete_outputs() {
         Ok("duration, spawn, spawn+SIGINT complete".into())
     });
 }
+
+/// --threads keeps threads apart (a root frame per thread, each thread's functions under its own
+/// root); --blocking (the target paused for each read) gives the same truth on fixture (a).
+#[test]
+fn threads_are_kept_apart_and_blocking_reads_agree_with_the_truth() {
+    let _serial = serial();
+    on_every_interpreter("threads+blocking", |python| {
+        let scratch = Scratch::new("threads");
+        let collapsed = scratch.path("threads.txt");
+        let output = run_to_end(
+            tool()
+                .args(["attach", "--threads", "-o", &collapsed, "--"])
+                .arg(&python.path)
+                .arg(fixture("bursty.py")),
+        );
+        if !output.status.success() {
+            return Err(format!("--threads: exit {}", output.status));
+        }
+        let text = std::fs::read_to_string(&collapsed).unwrap();
+        // Bytes per (root frame, leaf function).
+        let mut by_root: std::collections::HashMap<String, std::collections::HashMap<String, i64>> =
+            std::collections::HashMap::new();
+        for line in text.lines() {
+            let (stack, value) = line.rsplit_once(' ').unwrap();
+            let root = stack.split(';').next().unwrap().to_string();
+            let leaf = stack.rsplit(';').next().unwrap();
+            let leaf = leaf.split(" (").next().unwrap().to_string();
+            *by_root.entry(root).or_default().entry(leaf).or_default() +=
+                value.parse::<i64>().unwrap();
+        }
+        if !by_root
+            .keys()
+            .all(|root| root.starts_with("<thread ") || root.starts_with("<unattributed"))
+        {
+            return Err(format!(
+                "--threads: a stack without a thread root: {:?}",
+                by_root.keys()
+            ));
+        }
+        let bytes = |root: &str, leaf: &str| by_root[root].get(leaf).copied().unwrap_or(0);
+        let worker_bytes = |root: &str| bytes(root, "worker_alloc") + bytes(root, "worker_idle");
+        let main_root = by_root
+            .keys()
+            .max_by_key(|r| bytes(r, "burst_big"))
+            .unwrap()
+            .clone();
+        let worker_root = by_root
+            .keys()
+            .max_by_key(|r| worker_bytes(r))
+            .unwrap()
+            .clone();
+        let (main_bytes, worker_total) =
+            (bytes(&main_root, "burst_big"), worker_bytes(&worker_root));
+        let misplaced = worker_bytes(&main_root) + bytes(&worker_root, "burst_big");
+        // 60 MB by burst_big and 30 MB by the worker: most of each under its own thread, none crossed.
+        if main_root == worker_root
+            || main_bytes < 40_000_000
+            || worker_total < 20_000_000
+            || misplaced != 0
+        {
+            return Err(format!(
+                "--threads: {main_root} burst_big {main_bytes}, {worker_root} worker {worker_total}, misplaced {misplaced}"
+            ));
+        }
+        // py-spy reads thread names on 3.x only; on 2.7 roots are `<thread TID>`.
+        if !python.label.starts_with("2.")
+            && (!main_root.starts_with("<thread MainThread ")
+                || !worker_root.starts_with("<thread worker "))
+        {
+            return Err(format!(
+                "--threads: roots {main_root} and {worker_root} lack the thread names"
+            ));
+        }
+        let roots = by_root.keys().filter(|r| r.starts_with("<thread ")).count();
+        if roots != 2 {
+            return Err(format!(
+                "--threads: {roots} thread roots for 2 threads: {:?}",
+                by_root.keys()
+            ));
+        }
+        let (main_root, worker_root) = (main_bytes, worker_total);
+
+        let json = scratch.path("blocking.json");
+        let output = run_to_end(
+            tool()
+                .args(["attach", "--blocking", "-o", &json, "--"])
+                .arg(&python.path)
+                .arg(fixture("leak_by_function.py"))
+                .args(["--scale", "0.5"]),
+        );
+        if !output.status.success() {
+            return Err(format!("--blocking: exit {}", output.status));
+        }
+        let result = read_json(&json);
+        let (big, small) = (share(&result, "keep_big"), share(&result, "keep_small"));
+        if result["settings"]["blocking"] != true
+            || !within(big, 2.0 / 3.0, 10.0)
+            || !within(small, 1.0 / 3.0, 10.0)
+        {
+            return Err(format!(
+                "--blocking: keep_big {:.1}%, keep_small {:.1}%",
+                big * 100.0,
+                small * 100.0
+            ));
+        }
+        Ok(format!(
+            "worker thread {} MB under its root, MainThread burst_big {} MB; --blocking keep_big {:.1}% keep_small {:.1}%",
+            worker_root / 1_000_000,
+            main_root / 1_000_000,
+            big * 100.0,
+            small * 100.0
+        ))
+    });
+}

@@ -132,6 +132,9 @@ pub struct Profile {
     stack_ids: HashMap<Vec<FrameId>, StackId>,
     totals: Vec<Totals>,
     unattributed: Option<StackId>,
+    /// Root frames of kept-apart threads, by kernel (or Python) thread id, and their latest names.
+    thread_roots: HashMap<u64, FrameId>,
+    thread_names: HashMap<u64, String>,
 }
 
 impl Profile {
@@ -163,6 +166,32 @@ impl Profile {
         self.stack_ids.insert(frames, id);
         self.totals.push(Totals::default());
         id
+    }
+
+    /// The root frame standing for thread `tid` (`--threads`). A thread is its id: its name, which
+    /// can appear only later (the main thread has none until `threading` is imported), is applied
+    /// by [`Profile::name_threads`] when sampling ends, so one thread never gets two roots.
+    pub fn thread_root(&mut self, tid: u64, name: Option<&str>) -> FrameId {
+        if let Some(name) = name {
+            if self.thread_names.get(&tid).map(String::as_str) != Some(name) {
+                self.thread_names.insert(tid, name.to_string());
+            }
+        }
+        if let Some(&id) = self.thread_roots.get(&tid) {
+            return id;
+        }
+        let id = self.intern_frame(Frame::synthetic(&format!("<thread {tid}>")));
+        self.thread_roots.insert(tid, id);
+        id
+    }
+
+    /// Labels each thread root with the thread's latest name: `<thread NAME TID>`.
+    pub fn name_threads(&mut self) {
+        for (tid, &id) in &self.thread_roots {
+            if let Some(name) = self.thread_names.get(tid) {
+                self.frames[id as usize].function = format!("<thread {name} {tid}>");
+            }
+        }
     }
 
     pub fn unattributed_stack(&mut self) -> StackId {
@@ -532,6 +561,19 @@ mod tests {
         );
         assert!(fault_weighted(&HashMap::new(), &faults).is_none());
         assert!(fault_weighted(&stacks, &HashMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_thread_keeps_one_root_and_takes_its_latest_name() {
+        let mut profile = Profile::new();
+        let before = profile.thread_root(7, None);
+        let after = profile.thread_root(7, Some("MainThread"));
+        assert_eq!(before, after);
+        profile.name_threads();
+        assert_eq!(profile.frame(before).function, "<thread MainThread 7>");
+        let unnamed = profile.thread_root(8, None);
+        profile.name_threads();
+        assert_eq!(profile.frame(unnamed).function, "<thread 8>");
     }
 
     #[test]

@@ -99,8 +99,8 @@ impl ThreadFaults {
         }
     }
 
-    /// Re-reads the thread list (threads come and go); cheap enough every few tens of ms.
-    fn rescan(&mut self) {
+    /// Re-reads the thread list now (threads come and go); cheap enough every few tens of ms.
+    pub fn rescan(&mut self) {
         let Ok(entries) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
             return;
         };

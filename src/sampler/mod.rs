@@ -198,8 +198,8 @@ fn intern_traces(
             let mut ids: Vec<FrameId> = Vec::with_capacity(trace.frames.len() + 1);
             if threads {
                 let tid = trace.os_thread_id.unwrap_or(trace.thread_id);
-                let name = printable(trace.thread_name.clone().unwrap_or_else(|| "thread".into()));
-                ids.push(profile.intern_frame(Frame::synthetic(&format!("<thread {name} {tid}>"))));
+                let name = trace.thread_name.clone().map(printable);
+                ids.push(profile.thread_root(tid, name.as_deref()));
             }
             // py-spy lists frames innermost first; the profile keeps them outermost first.
             for frame in trace.frames.into_iter().rev() {
@@ -431,12 +431,22 @@ pub fn run(
                             .filter(|t| t.os_thread_id.is_none())
                             .map(|t| t.thread_id)
                             .collect();
-                        let found = thread_ids.resolve(
+                        let mut found = thread_ids.resolve(
                             &target.spy.process,
                             target.pid as u64,
                             &missing,
                             &faults.thread_ids(),
                         );
+                        if found.len() < missing.len() {
+                            // A thread newer than the last scan of the thread list: scan now.
+                            faults.rescan();
+                            found = thread_ids.resolve(
+                                &target.spy.process,
+                                target.pid as u64,
+                                &missing,
+                                &faults.thread_ids(),
+                            );
+                        }
                         for trace in traces.iter_mut().filter(|t| t.os_thread_id.is_none()) {
                             trace.os_thread_id = found.get(&trace.thread_id).copied();
                             // py-spy could only guess activity from the frames; the scheduler knows.
@@ -551,6 +561,7 @@ pub fn run(
     if pending != 0 {
         profile.charge(pending, &[]);
     }
+    profile.name_threads();
     rec.end = end;
     rec.elapsed = start.elapsed();
     rec.profile = profile;
