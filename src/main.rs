@@ -46,7 +46,6 @@ enum Command {
 #[derive(Clone, Copy, ValueEnum)]
 enum ChargeArg {
     After,
-    ReleaseBefore,
     Before,
 }
 
@@ -269,7 +268,6 @@ fn attach_and_report(args: &AttachArgs, outputs: &mut [Output]) -> Result<()> {
         idle: args.idle,
         policy: match args.charge {
             ChargeArg::After => ChargePolicy::After,
-            ChargeArg::ReleaseBefore => ChargePolicy::ReleaseBefore,
             ChargeArg::Before => ChargePolicy::Before,
         },
         ..Settings::default()

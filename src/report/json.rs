@@ -83,6 +83,7 @@ pub fn to_value(meta: &Meta, recording: &Recording) -> Value {
         "lost": recording.lost,
         "lost_fraction": recording.lost_fraction(),
         "rss_polls": recording.rss_polls,
+        "threads_without_kernel_id": recording.threads_without_id,
         "stack_reads_per_second_while_moving": recording.hot_rate(),
         "rss": {
             "start": recording.rss_start,

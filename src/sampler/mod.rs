@@ -26,11 +26,9 @@ use crate::target::Target;
 /// Which stack read an RSS change is charged to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChargePolicy {
-    /// The stack read right after the change was seen (growth and release alike).
+    /// The stack read right after the change was seen (a fixed-clock sampler's rule; kept for
+    /// comparison, see docs/how-it-works.md).
     After,
-    /// Growth to the stack read right after; a release to the stack read just before it was seen,
-    /// because memory is mostly given back as a scope ends, just before its function returns.
-    ReleaseBefore,
     /// Growth and release to the stack read just before the change was seen, i.e. the read that
     /// ran while the change happened.
     Before,
@@ -154,6 +152,8 @@ pub struct Recording {
     /// Time spent with stacks read at full speed, and the reads made then.
     pub hot_time: Duration,
     pub hot_samples: u64,
+    /// Thread samples whose kernel thread id stayed unknown (those fall back to the GIL rule).
+    pub threads_without_id: u64,
     pub end: EndReason,
 }
 
@@ -303,6 +303,37 @@ fn stacks_by_thread(
     chosen
 }
 
+/// Gives kernel thread ids to the traces that lack them (CPython < 3.11), and takes their activity
+/// from the scheduler state, where py-spy could only guess it from the frames.
+fn fill_thread_ids(
+    traces: &mut [StackTrace],
+    target: &Target,
+    resolver: &mut thread_ids::ThreadIdResolver,
+    faults: &mut ThreadFaults,
+) {
+    let missing: Vec<u64> = traces
+        .iter()
+        .filter(|t| t.os_thread_id.is_none())
+        .map(|t| t.thread_id)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let pid = target.pid as u64;
+    let mut found = resolver.resolve(&target.spy.process, pid, &missing, &faults.thread_ids());
+    if found.len() < missing.len() {
+        // A thread newer than the last scan of the thread list: scan now.
+        faults.rescan();
+        found = resolver.resolve(&target.spy.process, pid, &missing, &faults.thread_ids());
+    }
+    for trace in traces.iter_mut().filter(|t| t.os_thread_id.is_none()) {
+        trace.os_thread_id = found.get(&trace.thread_id).copied();
+        if let Some(running) = trace.os_thread_id.and_then(|tid| faults.is_running(tid)) {
+            trace.active = running;
+        }
+    }
+}
+
 /// Runs the loop until `stop` is set, the duration passes or the target exits.
 pub fn run(
     target: &mut Target,
@@ -345,6 +376,7 @@ pub fn run(
         elapsed: Duration::ZERO,
         hot_time: Duration::ZERO,
         hot_samples: 0,
+        threads_without_id: 0,
         end: EndReason::Interrupted,
     };
     let mut last_rss = rss_start;
@@ -425,38 +457,11 @@ pub fn run(
                 .or_else(|_| target.spy.get_stack_traces());
             match traces {
                 Ok(mut traces) => {
-                    if faults_usable && traces.iter().any(|t| t.os_thread_id.is_none()) {
-                        let missing: Vec<u64> = traces
-                            .iter()
-                            .filter(|t| t.os_thread_id.is_none())
-                            .map(|t| t.thread_id)
-                            .collect();
-                        let mut found = thread_ids.resolve(
-                            &target.spy.process,
-                            target.pid as u64,
-                            &missing,
-                            &faults.thread_ids(),
-                        );
-                        if found.len() < missing.len() {
-                            // A thread newer than the last scan of the thread list: scan now.
-                            faults.rescan();
-                            found = thread_ids.resolve(
-                                &target.spy.process,
-                                target.pid as u64,
-                                &missing,
-                                &faults.thread_ids(),
-                            );
-                        }
-                        for trace in traces.iter_mut().filter(|t| t.os_thread_id.is_none()) {
-                            trace.os_thread_id = found.get(&trace.thread_id).copied();
-                            // py-spy could only guess activity from the frames; the scheduler knows.
-                            if let Some(running) =
-                                trace.os_thread_id.and_then(|tid| faults.is_running(tid))
-                            {
-                                trace.active = running;
-                            }
-                        }
+                    if faults_usable {
+                        fill_thread_ids(&mut traces, target, &mut thread_ids, &mut faults);
                     }
+                    rec.threads_without_id +=
+                        traces.iter().filter(|t| t.os_thread_id.is_none()).count() as u64;
                     rec.samples += 1;
                     if hot {
                         rec.hot_samples += 1;
@@ -465,11 +470,7 @@ pub fn run(
                     let charged = chargeable(&threads, settings.idle);
                     let clock = now.duration_since(start).as_secs_f64();
                     if pending != 0 {
-                        let use_previous = match settings.policy {
-                            ChargePolicy::After => false,
-                            ChargePolicy::ReleaseBefore => pending < 0,
-                            ChargePolicy::Before => true,
-                        };
+                        let use_previous = settings.policy == ChargePolicy::Before;
                         let (basis, basis_charge) = match (&previous_threads, use_previous) {
                             (Some(previous), true) => (previous.as_slice(), &previous_charge),
                             _ => (threads.as_slice(), &charged),
@@ -513,8 +514,9 @@ pub fn run(
                             &profile,
                         );
                         pending = 0;
-                        // Faults not yet visible in statm (it lags by up to a batch of pages per CPU)
-                        // stay for the change that will show them.
+                        // These faults are accounted for. (statm lags by up to a batch of pages per
+                        // CPU, so a little of their growth can show in a later change; that one goes
+                        // by the faults seen by then.)
                         pending_faults.clear();
                     }
                     recent_stacks.record(&threads, now);

@@ -6,6 +6,7 @@
 //! where every other Python thread's struct holds one of the process's live thread ids.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use remoteprocess::ProcessMemory;
 
@@ -14,10 +15,16 @@ const USUAL_TID_OFFSET: usize = 0x2d0;
 /// How much of `struct pthread` is searched (it is about 2.3 KiB; tid is near its start).
 const SEARCH_BYTES: usize = 0x800;
 
+/// A failed search is retried (a read at interpreter start-up can see half-made threads), at most
+/// this often and this many times, so a libc without the field costs little.
+const RETRY_EVERY: Duration = Duration::from_millis(100);
+const MAX_SEARCHES: u32 = 50;
+
 #[derive(Default)]
 pub struct ThreadIdResolver {
-    /// Ok(offset) once found; Err(()) once proved impossible (then never searched again).
-    offset: Option<Result<usize, ()>>,
+    offset: Option<usize>,
+    searches: u32,
+    last_search: Option<Instant>,
     cache: HashMap<u64, u64>,
 }
 
@@ -35,10 +42,15 @@ impl ThreadIdResolver {
         if pthread_ids.is_empty() || live.is_empty() {
             return found;
         }
-        if self.offset.is_none() {
-            self.offset = Some(find_offset(process, pid, pthread_ids, live).ok_or(()));
+        if self.offset.is_none()
+            && self.searches < MAX_SEARCHES
+            && self.last_search.is_none_or(|t| t.elapsed() >= RETRY_EVERY)
+        {
+            self.searches += 1;
+            self.last_search = Some(Instant::now());
+            self.offset = find_offset(process, pid, pthread_ids, live);
         }
-        let Some(Ok(offset)) = self.offset else {
+        let Some(offset) = self.offset else {
             return found;
         };
         for &pthread in pthread_ids {
