@@ -131,9 +131,14 @@ impl ThreadFaults {
         self.states.get(&tid).map(|&state| state == 'R')
     }
 
-    /// The kernel thread ids seen at the last scan.
-    pub fn thread_ids(&self) -> std::collections::HashSet<u64> {
-        self.threads.keys().copied().collect()
+    /// Whether `tid` was one of the process's threads at the last scan.
+    pub fn has_thread(&self, tid: u64) -> bool {
+        self.threads.contains_key(&tid)
+    }
+
+    /// How many threads the last scan found.
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
     }
 
     /// Adds each thread's new minor faults since the last poll to `into` (tid -> faults).

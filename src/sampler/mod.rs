@@ -222,33 +222,23 @@ fn intern_traces(
 /// How old a thread's last GIL-holding stack may be and still stand for a burst no read caught.
 const LONGEST_GIL_MEMORY: Duration = Duration::from_secs(5);
 
-/// Where each thread was last seen, per kernel thread id: holding the GIL, and running at all.
+/// Each thread's last stack while holding the GIL, per kernel thread id, with when it was seen.
 #[derive(Default)]
 struct RecentStacks {
     holding_gil: HashMap<u64, (StackId, Instant)>,
-    running: HashMap<u64, (StackId, Instant)>,
 }
 
 impl RecentStacks {
     fn record(&mut self, threads: &[ThreadSample], now: Instant) {
-        for thread in threads {
-            let Some(tid) = thread.os_thread_id else {
-                continue;
-            };
-            if thread.owns_gil {
+        for thread in threads.iter().filter(|t| t.owns_gil) {
+            if let Some(tid) = thread.os_thread_id {
                 self.holding_gil.insert(tid, (thread.stack, now));
             }
-            if thread.active {
-                self.running.insert(tid, (thread.stack, now));
-            }
         }
-        if self.running.len() > 4 * threads.len() + 64 {
+        if self.holding_gil.len() > 4 * threads.len() + 64 {
             // Forget threads that ended long ago.
-            let recent = |(_, seen): &mut (StackId, Instant)| {
-                now.duration_since(*seen) < Duration::from_secs(1)
-            };
-            self.running.retain(|_, entry| recent(entry));
-            self.holding_gil.retain(|_, entry| recent(entry));
+            self.holding_gil
+                .retain(|_, (_, seen)| now.duration_since(*seen) < LONGEST_GIL_MEMORY);
         }
     }
 }
@@ -320,11 +310,11 @@ fn fill_thread_ids(
         return;
     }
     let pid = target.pid as u64;
-    let mut found = resolver.resolve(&target.spy.process, pid, &missing, &faults.thread_ids());
+    let mut found = resolver.resolve(&target.spy.process, pid, &missing, faults);
     if found.len() < missing.len() {
         // A thread newer than the last scan of the thread list: scan now.
         faults.rescan();
-        found = resolver.resolve(&target.spy.process, pid, &missing, &faults.thread_ids());
+        found = resolver.resolve(&target.spy.process, pid, &missing, faults);
     }
     for trace in traces.iter_mut().filter(|t| t.os_thread_id.is_none()) {
         trace.os_thread_id = found.get(&trace.thread_id).copied();

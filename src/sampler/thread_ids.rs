@@ -5,10 +5,12 @@
 //! constant, the offset is found once: it is where the main thread's struct holds the PID, and
 //! where every other Python thread's struct holds one of the process's live thread ids.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use remoteprocess::ProcessMemory;
+
+use crate::memory::ThreadFaults;
 
 /// The offset glibc has used on x86_64 for years; preferred when several offsets fit.
 const USUAL_TID_OFFSET: usize = 0x2d0;
@@ -30,16 +32,16 @@ pub struct ThreadIdResolver {
 
 impl ThreadIdResolver {
     /// Fills in missing kernel thread ids. `pthread_ids` are the Python thread ids lacking one;
-    /// `live` the process's current kernel thread ids. Returns pthread id -> kernel tid.
+    /// `live` knows the process's current kernel thread ids. Returns pthread id -> kernel tid.
     pub fn resolve<P: ProcessMemory>(
         &mut self,
         process: &P,
         pid: u64,
         pthread_ids: &[u64],
-        live: &HashSet<u64>,
+        live: &ThreadFaults,
     ) -> HashMap<u64, u64> {
         let mut found = HashMap::new();
-        if pthread_ids.is_empty() || live.is_empty() {
+        if pthread_ids.is_empty() || live.thread_count() == 0 {
             return found;
         }
         if self.offset.is_none()
@@ -60,18 +62,18 @@ impl ThreadIdResolver {
                 .cache
                 .get(&pthread)
                 .copied()
-                .filter(|tid| live.contains(tid));
+                .filter(|&tid| live.has_thread(tid));
             let tid = cached.or_else(|| {
                 let tid = process.copy_struct::<u32>(pthread as usize + offset).ok()? as u64;
-                live.contains(&tid).then_some(tid)
+                live.has_thread(tid).then_some(tid)
             });
             if let Some(tid) = tid {
                 self.cache.insert(pthread, tid);
                 found.insert(pthread, tid);
             }
         }
-        if self.cache.len() > 4 * live.len() + 64 {
-            self.cache.retain(|_, tid| live.contains(tid));
+        if self.cache.len() > 4 * live.thread_count() + 64 {
+            self.cache.retain(|_, tid| live.has_thread(*tid));
         }
         found
     }
@@ -81,7 +83,7 @@ fn find_offset<P: ProcessMemory>(
     process: &P,
     pid: u64,
     pthread_ids: &[u64],
-    live: &HashSet<u64>,
+    live: &ThreadFaults,
 ) -> Option<usize> {
     let structs: Vec<Vec<u8>> = pthread_ids
         .iter()
@@ -92,7 +94,7 @@ fn find_offset<P: ProcessMemory>(
     };
     let fits = |offset: usize| {
         let values: Vec<u64> = structs.iter().map(|s| word(s, offset)).collect();
-        values.contains(&pid) && values.iter().all(|v| live.contains(v))
+        values.contains(&pid) && values.iter().all(|&v| live.has_thread(v))
     };
     if structs.is_empty() {
         return None;
