@@ -161,7 +161,6 @@ fn interrupt_in_attach_mode_writes_every_output_and_leaves_the_target_running() 
         let pid = target.pid().to_string();
         let mut args = vec!["attach".to_string(), "--pid".into(), pid];
         args.extend(output_args(&base));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (mut run, _stderr) = start_tool(&args);
         target.go();
         target.wait_done();
@@ -209,7 +208,6 @@ fn duration_spawn_and_target_exit_each_end_with_complete_outputs() {
             "1.5".into(),
         ];
         args.extend(output_args(&base));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (mut run, _stderr) = start_tool(&args);
         target.go();
         let status = wait_with_timeout(&mut run, Duration::from_secs(30));
@@ -269,7 +267,6 @@ fn duration_spawn_and_target_exit_each_end_with_complete_outputs() {
             "--scale".into(),
             "0.3".into(),
         ]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (mut run, _stderr) = start_tool(&args);
         std::thread::sleep(Duration::from_secs(3));
         let json_before = std::path::Path::new(&format!("{base}.json"))

@@ -176,7 +176,9 @@ impl Drop for WaitingTarget {
 }
 
 /// Starts the tool in the background with its stderr captured, and waits until it samples.
-pub fn start_tool(args: &[&str]) -> (Child, BufReader<std::process::ChildStderr>) {
+pub fn start_tool<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+) -> (Child, BufReader<std::process::ChildStderr>) {
     let mut child = tool()
         .args(args)
         .stdout(Stdio::piped())
