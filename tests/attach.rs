@@ -7,21 +7,52 @@ use std::time::Duration;
 
 use common::*;
 
+/// Marks a failed attribution check whose run the tool itself reported as starved of CPU.
+const BUSY: &str = "[busy machine:";
+/// Attempts per interpreter when the tool reports a busy machine (one, plus these retries).
+const BUSY_RETRIES: usize = 2;
+
 /// Runs `check` on each interpreter, prints a line per interpreter, fails with all failures listed.
+/// A check that failed on a run the tool reported as starved of CPU (see [`judged`]) is run again,
+/// at most [`BUSY_RETRIES`] times: the tool's warning is its own verdict that the shares of that
+/// run are approximate, and these shared 2-core machines have busy spells. Any other failure fails
+/// at once, and a busy failure on the last attempt still fails.
 fn on_every_interpreter(case: &str, mut check: impl FnMut(&Interpreter) -> Result<String, String>) {
     let mut failures = Vec::new();
     let interpreters = interpreters();
     assert!(!interpreters.is_empty(), "no Python interpreter found");
     for python in &interpreters {
-        match check(python) {
-            Ok(figures) => eprintln!("{case} [{}] ok: {figures}", python.label),
-            Err(why) => {
-                eprintln!("{case} [{}] FAILED: {why}", python.label);
-                failures.push(format!("{}: {why}", python.label));
+        for attempt in 0..=BUSY_RETRIES {
+            match check(python) {
+                Ok(figures) => eprintln!("{case} [{}] ok: {figures}", python.label),
+                Err(why) if why.contains(BUSY) && attempt < BUSY_RETRIES => {
+                    eprintln!("{case} [{}] retried: {why}", python.label);
+                    continue;
+                }
+                Err(why) => {
+                    eprintln!("{case} [{}] FAILED: {why}", python.label);
+                    failures.push(format!("{}: {why}", python.label));
+                }
             }
+            break;
         }
     }
     assert!(failures.is_empty(), "{case} failed on: {failures:#?}");
+}
+
+/// An attribution failure, marked with the tool's own report when it saw much of the change only
+/// after being starved of CPU (its summary then warns that the shares are approximate).
+fn judged(result: &serde_json::Value, why: String) -> String {
+    let late = result["late_fraction"].as_f64().unwrap_or(0.0);
+    if late > 0.05 {
+        format!(
+            "{why} {BUSY} the tool saw {:.0}% of the change late, after up to {:.0} ms without CPU]",
+            late * 100.0,
+            result["longest_gap_seconds"].as_f64().unwrap_or(0.0) * 1000.0
+        )
+    } else {
+        why
+    }
 }
 
 fn within(actual: f64, truth: f64, points: f64) -> bool {
@@ -70,18 +101,22 @@ fn retained_memory_is_charged_to_the_functions_that_keep_it() {
         let reported_line =
             function(&result, "keep_big").map_or(0, |f| f["line"].as_i64().unwrap());
         if !within(big, 2.0 / 3.0, 10.0) || !within(small, 1.0 / 3.0, 10.0) {
-            return Err(format!("shares off: {figures}"));
+            return Err(judged(&result, format!("shares off: {figures}")));
         }
         if churn_grown < 200_000_000
             || churn_released < 200_000_000
             || !within(churn_share, 0.0, 10.0)
         {
-            return Err(format!(
-                "churn should move 300 MB and net about zero: {figures}"
+            return Err(judged(
+                &result,
+                format!("churn should move 300 MB and net about zero: {figures}"),
             ));
         }
         if !within(cpu_share, 0.0, 10.0) {
-            return Err(format!("burn_cpu should get about nothing: {figures}"));
+            return Err(judged(
+                &result,
+                format!("burn_cpu should get about nothing: {figures}"),
+            ));
         }
         if reported_line != big_line {
             return Err(format!(
@@ -134,12 +169,16 @@ fn bursty_program_with_a_worker_thread_is_attributed_within_ten_points() {
         let figures = figures.join(", ");
         for (name, expected) in main_thread_truth {
             if !within(share(&result, name), expected, 10.0) {
-                return Err(format!("{name} off by more than 10 points: {figures}"));
+                return Err(judged(
+                    &result,
+                    format!("{name} off by more than 10 points: {figures}"),
+                ));
             }
         }
         if !within(worker, 0.25, 10.0) {
-            return Err(format!(
-                "worker thread off by more than 10 points: {figures}"
+            return Err(judged(
+                &result,
+                format!("worker thread off by more than 10 points: {figures}"),
             ));
         }
         Ok(figures)
@@ -289,6 +328,22 @@ fn duration_spawn_and_target_exit_each_end_with_complete_outputs() {
     });
 }
 
+/// Every (root, leaf) total over 100 kB, largest first: what a failure message needs to be diagnosed.
+fn breakdown(
+    by_root: &std::collections::HashMap<String, std::collections::HashMap<String, i64>>,
+) -> String {
+    let mut rows: Vec<(&String, &String, i64)> = by_root
+        .iter()
+        .flat_map(|(root, leaves)| leaves.iter().map(move |(leaf, v)| (root, leaf, *v)))
+        .filter(|(_, _, v)| v.abs() > 100_000)
+        .collect();
+    rows.sort_by_key(|(_, _, v)| -v);
+    rows.iter()
+        .map(|(root, leaf, v)| format!("{root} {leaf} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// --threads keeps threads apart (a root frame per thread, each thread's functions under its own
 /// root); --blocking (the target paused for each read) gives the same truth on fixture (a).
 #[test]
@@ -297,9 +352,18 @@ fn threads_are_kept_apart_and_blocking_reads_agree_with_the_truth() {
     on_every_interpreter("threads+blocking", |python| {
         let scratch = Scratch::new("threads");
         let collapsed = scratch.path("threads.txt");
+        let threads_json = scratch.path("threads.json");
         let output = run_to_end(
             tool()
-                .args(["attach", "--threads", "-o", &collapsed, "--"])
+                .args([
+                    "attach",
+                    "--threads",
+                    "-o",
+                    &collapsed,
+                    "-o",
+                    &threads_json,
+                    "--",
+                ])
                 .arg(&python.path)
                 .arg(fixture("bursty.py")),
         );
@@ -348,8 +412,12 @@ fn threads_are_kept_apart_and_blocking_reads_agree_with_the_truth() {
             || worker_total < 20_000_000
             || misplaced != 0
         {
-            return Err(format!(
-                "--threads: {main_root} burst_big {main_bytes}, {worker_root} worker {worker_total}, misplaced {misplaced}"
+            return Err(judged(
+                &read_json(&threads_json),
+                format!(
+                    "--threads: {main_root} burst_big {main_bytes}, {worker_root} worker {worker_total}, misplaced {misplaced}; all: {}",
+                    breakdown(&by_root)
+                ),
             ));
         }
         // py-spy reads thread names on 3.x only; on 2.7 roots are `<thread TID>`.
@@ -387,10 +455,13 @@ fn threads_are_kept_apart_and_blocking_reads_agree_with_the_truth() {
             || !within(big, 2.0 / 3.0, 10.0)
             || !within(small, 1.0 / 3.0, 10.0)
         {
-            return Err(format!(
-                "--blocking: keep_big {:.1}%, keep_small {:.1}%",
-                big * 100.0,
-                small * 100.0
+            return Err(judged(
+                &result,
+                format!(
+                    "--blocking: keep_big {:.1}%, keep_small {:.1}%",
+                    big * 100.0,
+                    small * 100.0
+                ),
             ));
         }
         Ok(format!(

@@ -84,6 +84,8 @@ pub fn to_value(meta: &Meta, recording: &Recording) -> Value {
         "lost_fraction": recording.lost_fraction(),
         "rss_polls": recording.rss_polls,
         "threads_without_kernel_id": recording.threads_without_id,
+        "late_fraction": recording.late_fraction(),
+        "longest_gap_seconds": recording.longest_gap.as_secs_f64(),
         "stack_reads_per_second_while_moving": recording.hot_rate(),
         "rss": {
             "start": recording.rss_start,

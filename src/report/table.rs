@@ -8,6 +8,9 @@ use crate::report::Meta;
 use crate::sampler::Recording;
 
 /// "12,345".
+/// The share of change seen late above which the summary warns that shares are approximate.
+pub const LATE_WARNING: f64 = 0.05;
+
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
@@ -60,6 +63,16 @@ pub fn write(
         human_bytes(overall.released as i64),
         human_delta(overall.net()),
     )?;
+    if recording.late_fraction() > LATE_WARNING {
+        writeln!(
+            out,
+            "warning: {:.0}% of the change was seen only after the tool itself went up to {} ms \
+             without CPU (a busy machine), so where it was charged is approximate; run when the \
+             machine is less loaded, or give the tool priority (nice -n -5 pymemtrace ...)",
+            recording.late_fraction() * 100.0,
+            recording.longest_gap.as_millis()
+        )?;
+    }
     writeln!(out)?;
     let functions = profile.functions();
     if functions.iter().all(|f| f.total_totals.charges == 0) {

@@ -154,10 +154,27 @@ pub struct Recording {
     pub hot_samples: u64,
     /// Thread samples whose kernel thread id stayed unknown (those fall back to the GIL rule).
     pub threads_without_id: u64,
+    /// Bytes of change (grown plus released) first seen after the tool itself went more than
+    /// [`STARVED`] without running: the machine was too busy to watch, so where they were charged
+    /// is a guess. A high share means the shares in the report are approximate.
+    pub late_bytes: u64,
+    /// Bytes of change (grown plus released) charged in all.
+    pub changed_bytes: u64,
+    /// The longest the RSS poll loop went without running (1 ms when the tool gets a core).
+    pub longest_gap: Duration,
     pub end: EndReason,
 }
 
 impl Recording {
+    /// The share of all change that was seen late (see [`Recording::late_bytes`]).
+    pub fn late_fraction(&self) -> f64 {
+        if self.changed_bytes == 0 {
+            0.0
+        } else {
+            self.late_bytes as f64 / self.changed_bytes as f64
+        }
+    }
+
     pub fn lost_fraction(&self) -> f64 {
         let attempts = self.samples + self.lost;
         if attempts == 0 {
@@ -218,6 +235,10 @@ fn intern_traces(
         })
         .collect()
 }
+
+/// A poll loop that went this long without running was not scheduled (it sleeps 1 ms): a change
+/// seen after such a gap happened at some unknown point in it, while no stack was being read.
+pub const STARVED: Duration = Duration::from_millis(3);
 
 /// How old a thread's last GIL-holding stack may be and still stand for a burst no read caught.
 const LONGEST_GIL_MEMORY: Duration = Duration::from_secs(5);
@@ -367,10 +388,15 @@ pub fn run(
         hot_time: Duration::ZERO,
         hot_samples: 0,
         threads_without_id: 0,
+        late_bytes: 0,
+        changed_bytes: 0,
+        longest_gap: Duration::ZERO,
         end: EndReason::Interrupted,
     };
     let mut last_rss = rss_start;
     let mut pending: i64 = 0;
+    // Whether part of `pending` was first seen after the tool had been starved of CPU.
+    let mut pending_late = false;
     let mut last_change: Option<Instant> = None;
     let mut last_read: Option<Instant> = None;
     // The previous successful stack read (the one that ran while a newly seen change happened),
@@ -414,10 +440,13 @@ pub fn run(
             }
         };
         rec.rss_polls += 1;
+        let gap = now.duration_since(last_loop);
+        rec.longest_gap = rec.longest_gap.max(gap);
         if rss != last_rss {
             pending += rss as i64 - last_rss as i64;
             last_rss = rss;
             last_change = Some(now);
+            pending_late |= gap > STARVED;
         }
         rec.rss_end = rss;
         rec.rss_peak = rec.rss_peak.max(rss);
@@ -503,7 +532,12 @@ pub fn run(
                             },
                             &profile,
                         );
+                        rec.changed_bytes += pending.unsigned_abs();
+                        if pending_late {
+                            rec.late_bytes += pending.unsigned_abs();
+                        }
                         pending = 0;
+                        pending_late = false;
                         // These faults are accounted for. (statm lags by up to a batch of pages per
                         // CPU, so a little of their growth can show in a later change; that one goes
                         // by the faults seen by then.)
@@ -552,6 +586,7 @@ pub fn run(
     // A change seen after the last stack read belongs to nobody we saw.
     if pending != 0 {
         profile.charge(pending, &[]);
+        rec.changed_bytes += pending.unsigned_abs();
     }
     profile.name_threads();
     rec.end = end;
