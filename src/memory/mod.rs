@@ -3,6 +3,8 @@
 //! RSS comes from /proc/PID/statm: the file is kept open and re-read with `pread` at offset 0,
 //! which makes the kernel regenerate it (about 2 us) without a fresh `open` each tick.
 
+pub mod process;
+
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;

@@ -1,0 +1,335 @@
+//! Whole-process figures from /proc: memory (status, smaps_rollup), faults and CPU (stat), and the
+//! children of a process. Used by `pymemtrace process`, for any process, Python or not.
+//!
+//! The files stay open between ticks and are re-read with `pread`: the kernel regenerates their text
+//! on each read, and reopening them would cost more than reading. The parsers are plain functions
+//! of the text, so they can be tested and fuzzed without a process.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// What `/proc/PID/stat` says, after the command name (which can hold spaces and parentheses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatFields {
+    pub state: char,
+    pub ppid: u32,
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    /// In clock ticks.
+    pub user_ticks: u64,
+    pub system_ticks: u64,
+    pub threads: u64,
+    /// When the process started, in clock ticks since boot: with the PID, it tells a process
+    /// apart from a later one that reused the PID.
+    pub start_ticks: u64,
+}
+
+/// Parses the fields of a stat line that `process` needs. None when the text is not a stat line.
+pub fn parse_stat(text: &str) -> Option<StatFields> {
+    // The command name is in parentheses and may itself contain ") ": the fields start after the
+    // last one.
+    let after_name = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_ascii_whitespace().collect();
+    // Numbered as in proc(5): field 3 (state) is fields[0].
+    let field = |number: usize| fields.get(number - 3).copied();
+    let number = |n: usize| field(n)?.parse::<u64>().ok();
+    Some(StatFields {
+        state: field(3)?.chars().next()?,
+        ppid: field(4)?.parse().ok()?,
+        minor_faults: number(10)?,
+        major_faults: number(12)?,
+        user_ticks: number(14)?,
+        system_ticks: number(15)?,
+        threads: number(20)?,
+        start_ticks: number(22)?,
+    })
+}
+
+/// The memory lines of `/proc/PID/status`, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusFields {
+    pub rss: u64,
+    pub vms: u64,
+    pub peak_rss: u64,
+    pub swap: u64,
+}
+
+/// Parses `/proc/PID/status`. Kernel threads have no Vm lines: their figures are 0.
+pub fn parse_status(text: &str) -> StatusFields {
+    let mut fields = StatusFields::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let slot = match key {
+            "VmRSS" => &mut fields.rss,
+            "VmSize" => &mut fields.vms,
+            "VmHWM" => &mut fields.peak_rss,
+            "VmSwap" => &mut fields.swap,
+            _ => continue,
+        };
+        *slot = kilobytes(value).unwrap_or(0);
+    }
+    fields
+}
+
+/// `   1234 kB` -> 1234 * 1024.
+fn kilobytes(value: &str) -> Option<u64> {
+    let mut parts = value.split_ascii_whitespace();
+    let number: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") | None => number.checked_mul(1024),
+        Some(_) => None,
+    }
+}
+
+/// Unique and proportional set sizes from `/proc/PID/smaps_rollup`, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RollupFields {
+    /// Private_Clean + Private_Dirty: what the process alone holds.
+    pub uss: u64,
+    pub pss: u64,
+}
+
+pub fn parse_smaps_rollup(text: &str) -> RollupFields {
+    let mut fields = RollupFields::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let bytes = kilobytes(value).unwrap_or(0);
+        match key {
+            "Pss" => fields.pss = bytes,
+            "Private_Clean" | "Private_Dirty" => fields.uss = fields.uss.saturating_add(bytes),
+            _ => {}
+        }
+    }
+    fields
+}
+
+/// One reading of a process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessFigures {
+    pub stat: StatFields,
+    pub status: StatusFields,
+    /// Only when smaps_rollup was asked for.
+    pub rollup: Option<RollupFields>,
+}
+
+/// Why a process could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// It exited (or is a zombie, which holds no memory).
+    Exited,
+    /// We may not read it (smaps_rollup needs the ptrace access check).
+    PermissionDenied,
+    Io(io::Error),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(err: io::Error) -> ReadError {
+        match err.raw_os_error() {
+            Some(libc::ESRCH) | Some(libc::ENOENT) => ReadError::Exited,
+            Some(libc::EACCES) | Some(libc::EPERM) => ReadError::PermissionDenied,
+            _ => ReadError::Io(err),
+        }
+    }
+}
+
+/// Reads one process again and again, through files kept open.
+pub struct ProcessReader {
+    pub pid: u32,
+    stat: File,
+    status: File,
+    rollup: Option<File>,
+    buffer: Vec<u8>,
+}
+
+/// Larger than any stat or status file; smaps_rollup is about 1 KiB. A longer text is cut, and the
+/// fields that matter all come early.
+const READ_LIMIT: usize = 16 * 1024;
+
+impl ProcessReader {
+    /// Opens the files of `pid`; with `rollup`, smaps_rollup as well (which needs the right to
+    /// ptrace the process).
+    pub fn open(pid: u32, rollup: bool) -> Result<ProcessReader, ReadError> {
+        let path = |name: &str| format!("/proc/{pid}/{name}");
+        Ok(ProcessReader {
+            pid,
+            stat: File::open(path("stat"))?,
+            status: File::open(path("status"))?,
+            rollup: if rollup {
+                Some(File::open(path("smaps_rollup"))?)
+            } else {
+                None
+            },
+            buffer: vec![0; READ_LIMIT],
+        })
+    }
+
+    pub fn read(&mut self) -> Result<ProcessFigures, ReadError> {
+        let stat = read_text(&self.stat, &mut self.buffer)?;
+        let stat = parse_stat(stat).ok_or_else(|| {
+            ReadError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{}/stat is not a stat line", self.pid),
+            ))
+        })?;
+        if matches!(stat.state, 'Z' | 'X') {
+            return Err(ReadError::Exited);
+        }
+        let status = parse_status(read_text(&self.status, &mut self.buffer)?);
+        let rollup = match &self.rollup {
+            Some(file) => Some(parse_smaps_rollup(read_text(file, &mut self.buffer)?)),
+            None => None,
+        };
+        Ok(ProcessFigures {
+            stat,
+            status,
+            rollup,
+        })
+    }
+}
+
+fn read_text<'a>(file: &File, buffer: &'a mut [u8]) -> io::Result<&'a str> {
+    let mut filled = 0;
+    // A proc file is generated per read call; read until EOF or the buffer is full.
+    loop {
+        let n = file.read_at(&mut buffer[filled..], filled as u64)?;
+        if n == 0 || filled + n == buffer.len() {
+            filled += n;
+            break;
+        }
+        filled += n;
+    }
+    let text = &buffer[..filled];
+    // Lossy on purpose: a command name can hold any bytes, and only numbers are taken from here.
+    Ok(match std::str::from_utf8(text) {
+        Ok(text) => text,
+        Err(err) => std::str::from_utf8(&text[..err.valid_up_to()]).unwrap_or(""),
+    })
+}
+
+/// The direct children of `pid`: the union of each of its threads' `children` files (a child
+/// belongs to the thread that forked it). Empty when the process is gone.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return children;
+    };
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        children.extend(
+            text.split_ascii_whitespace()
+                .filter_map(|pid| pid.parse::<u32>().ok()),
+        );
+    }
+    children.sort_unstable();
+    children.dedup();
+    children
+}
+
+/// The command line of a process, arguments joined by spaces; for a process without one (a kernel
+/// thread, or a zombie) its name in brackets, as `ps` shows it.
+pub fn command_of(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|part| !part.is_empty())
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect();
+    if !args.is_empty() {
+        return Some(args.join(" "));
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(format!("[{}]", comm.trim_end()))
+}
+
+/// Clock ticks per second, the unit of CPU times in stat.
+pub fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_last_parenthesis() {
+        let line = "4242 (a (weird) name) S 17 4242 4242 0 -1 4194560 1500 0 3 0 250 40 0 0 20 0 \
+                    5 0 987654 123456789 2000 18446744073709551615";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(
+            stat,
+            StatFields {
+                state: 'S',
+                ppid: 17,
+                minor_faults: 1500,
+                major_faults: 3,
+                user_ticks: 250,
+                system_ticks: 40,
+                threads: 5,
+                start_ticks: 987654,
+            }
+        );
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (short) S 0"), None);
+    }
+
+    #[test]
+    fn status_and_rollup_give_bytes() {
+        let status = "Name:\tpython3\nVmPeak:\t  300 kB\nVmSize:\t  200 kB\nVmHWM:\t  150 kB\n\
+                      VmRSS:\t  100 kB\nVmSwap:\t    2 kB\nThreads:\t3\n";
+        assert_eq!(
+            parse_status(status),
+            StatusFields {
+                rss: 102400,
+                vms: 204800,
+                peak_rss: 153600,
+                swap: 2048
+            }
+        );
+        let rollup = "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:  100 kB\nPss:  80 kB\n\
+                      Private_Clean:  10 kB\nPrivate_Dirty:  60 kB\n";
+        assert_eq!(
+            parse_smaps_rollup(rollup),
+            RollupFields {
+                uss: 70 * 1024,
+                pss: 80 * 1024
+            }
+        );
+    }
+
+    #[test]
+    fn reads_itself() {
+        let mut reader = ProcessReader::open(std::process::id(), true).unwrap();
+        let figures = reader.read().unwrap();
+        assert!(figures.status.rss > 0 && figures.status.vms >= figures.status.rss);
+        assert!(figures.status.peak_rss >= figures.status.rss);
+        assert!(figures.stat.threads >= 1);
+        assert_eq!(figures.stat.ppid, std::os::unix::process::parent_id());
+        let rollup = figures.rollup.unwrap();
+        assert!(rollup.pss > 0 && rollup.uss > 0);
+    }
+
+    #[test]
+    fn finds_a_child() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let children = children_of(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(children.contains(&child.id()), "{children:?}");
+    }
+}
