@@ -23,6 +23,8 @@ pub enum ErrorKind {
     OutputNotWritable,
     /// The command given after `--` could not be started.
     SpawnFailed,
+    /// A file given to read (`--input`) is missing, unreadable or not in the expected format.
+    BadInput,
 }
 
 impl ErrorKind {
@@ -36,6 +38,7 @@ impl ErrorKind {
             ErrorKind::UnsupportedVersion => 6,
             ErrorKind::OutputNotWritable => 7,
             ErrorKind::SpawnFailed => 8,
+            ErrorKind::BadInput => 9,
         }
     }
 }

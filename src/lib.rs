@@ -8,6 +8,7 @@ pub mod memory;
 pub mod report;
 pub mod sampler;
 pub mod target;
+pub mod timeline;
 
 /// The version printed by `--version` and written into every report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -15,6 +15,7 @@ use pymemtrace::report::cpymemtrace::LogWriter;
 use pymemtrace::report::{self, Format, Meta, Output, ReportOptions};
 use pymemtrace::sampler::{self, Change, ChargePolicy, Observer, Progress, Settings};
 use pymemtrace::target::{self, SpyOptions};
+use pymemtrace::timeline::command::{run_process, ProcessOptions};
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +24,8 @@ use pymemtrace::target::{self, SpyOptions};
     about = "Find out where a running Python process's memory goes, from outside, without restarting it.",
     after_help = "Exit codes: 0 success (also when the target exits), 1 internal error, 2 bad option, \
                   3 no such process, 4 not a Python process, 5 permission denied, 6 unsupported Python \
-                  version, 7 output not writable, 8 command could not be started."
+                  version, 7 output not writable, 8 command could not be started, 9 input file unreadable \
+                  or malformed."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +43,73 @@ enum Command {
                       .speedscope.json speedscope, .json everything, .log cPyMemTrace event log, .table the summary."
     )]
     Attach(AttachArgs),
+
+    /// Log a process's RSS, page faults and CPU over time (any process, Python or not), with plots.
+    #[command(
+        after_help = "Examples:\n  pymemtrace process --pid 1234 --interval 0.5 -o run.jsonl --plot run.png\n  \
+                      pymemtrace process --pid 1234 --children              # the whole tree\n  \
+                      pymemtrace process --interval 0.1 --plot run.svg -- python3 job.py\n  \
+                      pymemtrace process --input run.jsonl --plot run.svg   # re-plot an earlier log\n\n\
+                      While it runs, a line typed on stdin (then Enter) labels that moment in the log and on the plot."
+    )]
+    Process(ProcessArgs),
+}
+
+#[derive(Args)]
+struct ProcessArgs {
+    /// PID of the process to follow (any program).
+    #[arg(short, long, value_name = "PID", conflicts_with_all = ["command", "input"])]
+    pid: Option<i32>,
+
+    /// Seconds between ticks.
+    #[arg(
+        short,
+        long,
+        default_value_t = 1.0,
+        value_name = "SECONDS",
+        allow_negative_numbers = true
+    )]
+    interval: f64,
+
+    /// Stop after this many seconds (default: until Ctrl-C or the process exits).
+    #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
+    duration: Option<f64>,
+
+    /// Stream the log here, one JSON object per process per tick (flushed every tick).
+    #[arg(short, long, value_name = "FILE.jsonl")]
+    output: Option<PathBuf>,
+
+    /// Draw RSS, CPU % and page faults over time into a .png or .svg at the end (repeat for several).
+    #[arg(long = "plot", value_name = "FILE")]
+    plots: Vec<PathBuf>,
+
+    /// Write PREFIX.dat (the original pymemtrace's columns) and PREFIX.plt, a gnuplot script for it.
+    #[arg(long, value_name = "PREFIX")]
+    gnuplot: Option<PathBuf>,
+
+    /// Follow the whole tree: children (and theirs) as they start and end.
+    #[arg(long)]
+    children: bool,
+
+    /// Also record USS and PSS from /proc/PID/smaps_rollup (costs the kernel a page-table walk per tick).
+    #[arg(long)]
+    smaps: bool,
+
+    /// Summarise and plot an earlier log instead of following a process.
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["output", "children", "smaps", "duration"])]
+    input: Option<PathBuf>,
+
+    /// Do not print the live table (the summary is still printed).
+    #[arg(short, long)]
+    quiet: bool,
+
+    /// Leave stdin alone: no labels (and a started command keeps the terminal's stdin).
+    #[arg(long)]
+    no_labels: bool,
+
+    /// The command to start and follow (instead of --pid).
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -363,6 +432,20 @@ fn main() {
     };
     let outcome = std::panic::catch_unwind(|| match cli.command {
         Command::Attach(args) => attach(args),
+        Command::Process(args) => run_process(ProcessOptions {
+            pid: args.pid,
+            command: args.command,
+            input: args.input,
+            interval: args.interval,
+            duration: args.duration,
+            output: args.output,
+            plots: args.plots,
+            gnuplot: args.gnuplot,
+            children: args.children,
+            smaps: args.smaps,
+            quiet: args.quiet,
+            no_labels: args.no_labels,
+        }),
     });
     let code = match outcome {
         Ok(Ok(())) => 0,

@@ -2,7 +2,11 @@
 
 pub mod collapsed;
 pub mod cpymemtrace;
+pub mod gnuplot;
 pub mod json;
+pub mod jsonl;
+pub mod plot;
+pub mod process_table;
 pub mod speedscope;
 pub mod table;
 

@@ -1,0 +1,143 @@
+//! The `process` log: one JSON object per process per tick, streamed and flushed every tick, and
+//! read back for `--input`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::timeline::run::TickObserver;
+use crate::timeline::Tick;
+
+/// Writes rows as they come; each tick is flushed, so a crash loses at most the tick being written.
+pub struct JsonlWriter {
+    path: PathBuf,
+    file: BufWriter<File>,
+}
+
+impl JsonlWriter {
+    /// Creates the file now, so that a bad path fails before the run starts.
+    pub fn create(path: &Path) -> Result<JsonlWriter> {
+        let file = File::create(path).map_err(|err| {
+            Error::new(
+                ErrorKind::OutputNotWritable,
+                format!("cannot write `{}`: {err}", path.display()),
+            )
+        })?;
+        Ok(JsonlWriter {
+            path: path.to_path_buf(),
+            file: BufWriter::new(file),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write_rows(&mut self, rows: &[Tick]) -> std::io::Result<()> {
+        for row in rows {
+            serde_json::to_writer(&mut self.file, row)?;
+            self.file.write_all(b"\n")?;
+        }
+        self.file.flush()
+    }
+}
+
+impl TickObserver for JsonlWriter {
+    fn tick(&mut self, rows: &[Tick]) -> Result<()> {
+        self.write_rows(rows).map_err(|err| {
+            Error::new(
+                ErrorKind::OutputNotWritable,
+                format!("writing `{}` failed: {err}", self.path.display()),
+            )
+        })
+    }
+}
+
+/// The longest line accepted from a log (a row is about 400 bytes; a command line can be long).
+const MAX_LINE: usize = 1 << 20;
+
+/// Reads a log and hands each tick's rows (consecutive rows with the same `seconds`) to `each`.
+/// A last line cut short (the writer was killed mid-line) is skipped and reported in the returned
+/// count; any other bad line is an error that names the line.
+pub fn read_ticks(path: &Path, each: &mut dyn FnMut(&[Tick])) -> Result<ReadOutcome> {
+    let bad_input = |message: String| Error::new(ErrorKind::BadInput, message);
+    let file = File::open(path)
+        .map_err(|err| bad_input(format!("cannot read `{}`: {err}", path.display())))?;
+    let mut reader = BufReader::new(file);
+    let mut outcome = ReadOutcome::default();
+    let mut rows: Vec<Tick> = Vec::new();
+    let mut line = Vec::new();
+    let mut number = 0usize;
+    loop {
+        line.clear();
+        let read = reader
+            .by_ref()
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|err| bad_input(format!("cannot read `{}`: {err}", path.display())))?;
+        if read == 0 {
+            break;
+        }
+        number += 1;
+        let complete = line.last() == Some(&b'\n');
+        if line.len() > MAX_LINE {
+            return Err(bad_input(format!(
+                "`{}` line {number} is longer than {MAX_LINE} bytes: not a pymemtrace process log",
+                path.display()
+            )));
+        }
+        let text = String::from_utf8_lossy(&line);
+        if text.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Tick>(text.trim()) {
+            Ok(tick) if tick.seconds.is_finite() => {
+                if rows.first().is_some_and(|r| r.seconds != tick.seconds) {
+                    each(&rows);
+                    outcome.ticks += 1;
+                    rows.clear();
+                }
+                rows.push(tick);
+                outcome.rows += 1;
+            }
+            Ok(_) => {
+                return Err(bad_input(format!(
+                    "`{}` line {number}: `seconds` is not a finite number",
+                    path.display()
+                )))
+            }
+            Err(_) if !complete => {
+                // The writer was stopped mid-line: everything before it is good.
+                outcome.cut_last_line = true;
+            }
+            Err(err) => {
+                return Err(bad_input(format!(
+                    "`{}` line {number} is not a pymemtrace process log row ({err}); \
+                     --input reads the .jsonl files that `pymemtrace process -o` writes",
+                    path.display()
+                )))
+            }
+        }
+    }
+    if !rows.is_empty() {
+        each(&rows);
+        outcome.ticks += 1;
+    }
+    if outcome.rows == 0 {
+        return Err(bad_input(format!(
+            "`{}` holds no rows: nothing to plot or summarise",
+            path.display()
+        )));
+    }
+    Ok(outcome)
+}
+
+/// What reading a log found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReadOutcome {
+    pub rows: u64,
+    pub ticks: u64,
+    /// The last line was incomplete and skipped.
+    pub cut_last_line: bool,
+}
