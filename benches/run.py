@@ -192,7 +192,7 @@ def main():
 
     command = "python3 benches/run.py --rounds %d --python %s" % (args.rounds, args.python)
     lines = [
-        "# Benchmarks of `pymemtrace attach`",
+        "## Cost and throughput of `pymemtrace attach`",
         "",
         "Produced by `%s` on %s (%s, %d cores), %s, Python %s as the target."
         % (command, time.strftime("%Y-%m-%d"), platform.machine(), os.cpu_count(), platform.platform(), version),
@@ -200,7 +200,7 @@ def main():
         " fresh target, so that machine noise hits them alike. These machines are shared and noisy: read"
         " ratios, not absolute times." % args.rounds,
         "",
-        "## Cost to the target and the tool's own CPU",
+        "### Cost to the target and the tool's own CPU",
         "",
         "Attach mode at default settings (`--rate 100`, no `--max-rate`). Target time is the fixture's own"
         " measurement of its fixed work; tool CPU is the tool's user+system time over its wall time (one"
@@ -250,7 +250,7 @@ def main():
         " next: keep the default when attributing, and cap only to bound the cost on a production target"
         " whose growth is slow and steady.",
         "",
-        "## Stack-read throughput",
+        "### Stack-read throughput",
         "",
         "Stack reads per second on the CPU-only target (5 Python frames), for 3 s each:"
         " `pymemtrace attach --rate 100000` (stacks read on every loop turn, with its RSS and page-fault"
@@ -265,7 +265,7 @@ def main():
         % ("met" if rate["ratio"] >= 0.8 else "NOT met",
            ", ".join("%.0f" % v for v in rate["all_ours"]), ", ".join("%.0f" % v for v in rate["all_theirs"])),
         "",
-        "## Accuracy",
+        "### Accuracy",
         "",
         "Attribution against known truth is asserted by the test suite on every interpreter"
         " (`cargo test --release -- --nocapture` prints the figures per interpreter); see"
@@ -273,9 +273,21 @@ def main():
         " the subject of a later benchmark.",
         "",
     ]
-    with open(args.out, "w") as handle:
-        handle.write("\n".join(lines))
+    replace_section(args.out, "attach", "\n".join(lines))
     print("wrote", args.out, file=sys.stderr)
+
+
+def replace_section(path, name, text):
+    """Replaces this benchmark's section of the page (between its markers), keeping the others."""
+    begin, end = "<!-- begin %s -->" % name, "<!-- end %s -->" % name
+    old = open(path).read() if os.path.exists(path) else ""
+    block = begin + "\n" + text + "\n" + end
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = block + "\n" + old
+    with open(path, "w") as handle:
+        handle.write(new)
 
 
 if __name__ == "__main__":

@@ -7,54 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Marks a failed attribution check whose run the tool itself reported as starved of CPU.
-const BUSY: &str = "[busy machine:";
-/// Attempts per interpreter when the tool reports a busy machine (one, plus these retries).
-const BUSY_RETRIES: usize = 2;
-
-/// Runs `check` on each interpreter, prints a line per interpreter, fails with all failures listed.
-/// A check that failed on a run the tool reported as starved of CPU (see [`judged`]) is run again,
-/// at most [`BUSY_RETRIES`] times: the tool's warning is its own verdict that the shares of that
-/// run are approximate, and these shared 2-core machines have busy spells. Any other failure fails
-/// at once, and a busy failure on the last attempt still fails.
-fn on_every_interpreter(case: &str, mut check: impl FnMut(&Interpreter) -> Result<String, String>) {
-    let mut failures = Vec::new();
-    let interpreters = interpreters();
-    assert!(!interpreters.is_empty(), "no Python interpreter found");
-    for python in &interpreters {
-        for attempt in 0..=BUSY_RETRIES {
-            match check(python) {
-                Ok(figures) => eprintln!("{case} [{}] ok: {figures}", python.label),
-                Err(why) if why.contains(BUSY) && attempt < BUSY_RETRIES => {
-                    eprintln!("{case} [{}] retried: {why}", python.label);
-                    continue;
-                }
-                Err(why) => {
-                    eprintln!("{case} [{}] FAILED: {why}", python.label);
-                    failures.push(format!("{}: {why}", python.label));
-                }
-            }
-            break;
-        }
-    }
-    assert!(failures.is_empty(), "{case} failed on: {failures:#?}");
-}
-
-/// An attribution failure, marked with the tool's own report when it saw much of the change only
-/// after being starved of CPU (its summary then warns that the shares are approximate).
-fn judged(result: &serde_json::Value, why: String) -> String {
-    let late = result["late_fraction"].as_f64().unwrap_or(0.0);
-    if late > 0.05 {
-        format!(
-            "{why} {BUSY} the tool saw {:.0}% of the change late, after up to {:.0} ms without CPU]",
-            late * 100.0,
-            result["longest_gap_seconds"].as_f64().unwrap_or(0.0) * 1000.0
-        )
-    } else {
-        why
-    }
-}
-
 fn within(actual: f64, truth: f64, points: f64) -> bool {
     (actual - truth).abs() <= points / 100.0
 }
