@@ -12,6 +12,9 @@ use std::os::unix::fs::FileExt;
 /// What `/proc/PID/stat` says, after the command name (which can hold spaces and parentheses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatFields {
+    /// The command name (comm, at most 15 bytes), zero-padded. It changes on exec, which tells
+    /// when the command line is worth reading again.
+    pub name: [u8; 16],
     pub state: char,
     pub ppid: u32,
     pub minor_faults: u64,
@@ -29,12 +32,19 @@ pub struct StatFields {
 pub fn parse_stat(text: &str) -> Option<StatFields> {
     // The command name is in parentheses and may itself contain ") ": the fields start after the
     // last one.
-    let after_name = &text[text.rfind(')')? + 1..];
+    let name_start = text.find('(')? + 1;
+    let name_end = text.rfind(')')?;
+    let mut name = [0u8; 16];
+    let name_bytes = text.as_bytes().get(name_start..name_end)?;
+    let kept = name_bytes.len().min(name.len());
+    name[..kept].copy_from_slice(&name_bytes[..kept]);
+    let after_name = &text[name_end + 1..];
     let fields: Vec<&str> = after_name.split_ascii_whitespace().collect();
     // Numbered as in proc(5): field 3 (state) is fields[0].
     let field = |number: usize| fields.get(number - 3).copied();
     let number = |n: usize| field(n)?.parse::<u64>().ok();
     Some(StatFields {
+        name,
         state: field(3)?.chars().next()?,
         ppid: field(4)?.parse().ok()?,
         minor_faults: number(10)?,
@@ -211,6 +221,68 @@ fn read_text<'a>(file: &File, buffer: &'a mut [u8]) -> io::Result<&'a str> {
     })
 }
 
+/// The direct children of one process, read again and again. Its threads' `children` files stay
+/// open; the thread list is read again only when the thread count changes or a file fails (a
+/// directory scan and an open cost ten times the read).
+pub struct ChildrenReader {
+    pid: u32,
+    threads: Vec<File>,
+    thread_count: u64,
+}
+
+impl ChildrenReader {
+    pub fn new(pid: u32) -> ChildrenReader {
+        ChildrenReader {
+            pid,
+            threads: Vec::new(),
+            thread_count: 0,
+        }
+    }
+
+    fn rescan(&mut self, thread_count: u64) {
+        self.threads.clear();
+        self.thread_count = thread_count;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return;
+        };
+        self.threads.extend(
+            tasks
+                .flatten()
+                .filter_map(|task| File::open(task.path().join("children")).ok()),
+        );
+    }
+
+    /// The children now; `thread_count` is the process's latest thread count (from stat).
+    pub fn read(&mut self, thread_count: u64) -> Vec<u32> {
+        if thread_count != self.thread_count || self.threads.is_empty() {
+            self.rescan(thread_count);
+        }
+        let mut buffer = [0u8; 4096];
+        let mut children = Vec::new();
+        for attempt in 0..2 {
+            children.clear();
+            let mut failed = false;
+            for file in &self.threads {
+                match read_text(file, &mut buffer) {
+                    Ok(text) => children.extend(
+                        text.split_ascii_whitespace()
+                            .filter_map(|pid| pid.parse::<u32>().ok()),
+                    ),
+                    Err(_) => failed = true,
+                }
+            }
+            // A thread ended (its file reads ESRCH) or another started with the same count.
+            if !failed || attempt == 1 {
+                break;
+            }
+            self.rescan(thread_count);
+        }
+        children.sort_unstable();
+        children.dedup();
+        children
+    }
+}
+
 /// The direct children of `pid`: the union of each of its threads' `children` files (a child
 /// belongs to the thread that forked it). Empty when the process is gone.
 pub fn children_of(pid: u32) -> Vec<u32> {
@@ -271,6 +343,7 @@ mod tests {
         assert_eq!(
             stat,
             StatFields {
+                name: *b"a (weird) name\0\0",
                 state: 'S',
                 ppid: 17,
                 minor_faults: 1500,
@@ -328,8 +401,17 @@ mod tests {
             .spawn()
             .unwrap();
         let children = children_of(std::process::id());
+        let mut reader = ChildrenReader::new(std::process::id());
+        let threads = ProcessReader::open(std::process::id(), false)
+            .unwrap()
+            .read()
+            .unwrap()
+            .stat
+            .threads;
+        let read_again = reader.read(threads);
         let _ = child.kill();
         let _ = child.wait();
         assert!(children.contains(&child.id()), "{children:?}");
+        assert!(read_again.contains(&child.id()), "{read_again:?}");
     }
 }

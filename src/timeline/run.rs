@@ -12,13 +12,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::memory::process::{
-    children_of, clock_ticks_per_second, command_of, ProcessFigures, ProcessReader, ReadError,
+    children_of, clock_ticks_per_second, command_of, ChildrenReader, ProcessFigures, ProcessReader,
+    ReadError,
 };
 
 use super::model::Tick;
 
-/// A process's command line is read again on each of its first readings, then every so many.
-const COMMAND_REREAD_WHILE_YOUNG: u64 = 20;
+/// A process's command line is read again when its name changes, and every so many readings.
 const COMMAND_REREAD_EVERY: u64 = 100;
 
 /// How the loop runs.
@@ -79,6 +79,7 @@ struct Followed {
     first_cpu_ticks: u64,
     last: Option<(Instant, ProcessFigures)>,
     readings: u64,
+    children: ChildrenReader,
 }
 
 impl Followed {
@@ -94,6 +95,7 @@ impl Followed {
             first_cpu_ticks: figures.stat.user_ticks + figures.stat.system_ticks,
             last: None,
             readings: 0,
+            children: ChildrenReader::new(pid),
         })
     }
 }
@@ -219,11 +221,13 @@ pub fn run(
             stats.readings += 1;
             process.readings += 1;
             // A process started by a launcher (a pyenv shim, `env`, a shell) exec()s into the real
-            // program just after it is first seen: read its command line again while it is young,
-            // and now and then after.
-            if process.readings <= COMMAND_REREAD_WHILE_YOUNG
-                || process.readings % COMMAND_REREAD_EVERY == 0
-            {
+            // program just after it is first seen, which changes its name: read its command line
+            // again then, and now and then in case an exec kept the name.
+            let renamed = process
+                .last
+                .as_ref()
+                .is_some_and(|(_, last)| last.stat.name != figures.stat.name);
+            if renamed || process.readings % COMMAND_REREAD_EVERY == 0 {
                 if let Some(command) = command_of(pid) {
                     process.command = command;
                 }
@@ -296,7 +300,13 @@ fn discover(
     while let Some(pid) = stack.pop() {
         order.push(pid);
         let depth = depth_of[&pid];
-        let mut kids = children_of(pid);
+        let mut kids = match followed.get_mut(&pid) {
+            Some(process) => {
+                let threads = process.last.as_ref().map_or(0, |(_, f)| f.stat.threads);
+                process.children.read(threads)
+            }
+            None => children_of(pid),
+        };
         kids.reverse(); // popped in ascending PID order
         for kid in kids {
             if depth_of.insert(kid, depth + 1).is_none() {
