@@ -12,8 +12,7 @@ use std::os::unix::fs::FileExt;
 /// What `/proc/PID/stat` says, after the command name (which can hold spaces and parentheses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatFields {
-    /// The command name (comm, at most 15 bytes), zero-padded. It changes on exec, which tells
-    /// when the command line is worth reading again.
+    /// The command name (comm, at most 15 bytes), zero-padded.
     pub name: [u8; 16],
     pub state: char,
     pub ppid: u32,
@@ -26,6 +25,17 @@ pub struct StatFields {
     /// When the process started, in clock ticks since boot: with the PID, it tells a process
     /// apart from a later one that reused the PID.
     pub start_ticks: u64,
+    /// Where the program's code starts (field 26). It changes on every exec (another binary, or
+    /// the same one mapped elsewhere), where the name often does not (a `#!` script keeps its
+    /// name when it execs the real interpreter). 0 when the kernel hides it from us.
+    pub start_code: u64,
+}
+
+impl StatFields {
+    /// What identifies the running program image: differs after an exec.
+    pub fn image(&self) -> ([u8; 16], u64) {
+        (self.name, self.start_code)
+    }
 }
 
 /// Parses the fields of a stat line that `process` needs. None when the text is not a stat line.
@@ -53,6 +63,7 @@ pub fn parse_stat(text: &str) -> Option<StatFields> {
         system_ticks: number(15)?,
         threads: number(20)?,
         start_ticks: number(22)?,
+        start_code: number(26).unwrap_or(0),
     })
 }
 
@@ -314,7 +325,16 @@ pub fn command_of(pid: u32) -> Option<String> {
         .map(|part| String::from_utf8_lossy(part).into_owned())
         .collect();
     if !args.is_empty() {
-        return Some(args.join(" "));
+        // An argument can hold newlines (`python -c "..."`): one line per process in tables.
+        let joined = args.join(" ");
+        return Some(if joined.chars().any(char::is_control) {
+            joined
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect()
+        } else {
+            joined
+        });
     }
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     Some(format!("[{}]", comm.trim_end()))
@@ -352,6 +372,7 @@ mod tests {
                 system_ticks: 40,
                 threads: 5,
                 start_ticks: 987654,
+                start_code: 0,
             }
         );
         assert_eq!(parse_stat("garbage"), None);

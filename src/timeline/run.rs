@@ -75,6 +75,8 @@ struct Followed {
     start_ticks: u64,
     depth: u32,
     command: String,
+    /// The program image when `command` was read: a different one means an exec since.
+    command_image: ([u8; 16], u64),
     first_seen: Instant,
     first_cpu_ticks: u64,
     last: Option<(Instant, ProcessFigures)>,
@@ -91,6 +93,7 @@ impl Followed {
             start_ticks: figures.stat.start_ticks,
             depth,
             command: command_of(pid).unwrap_or_default(),
+            command_image: figures.stat.image(),
             first_seen: Instant::now(),
             first_cpu_ticks: figures.stat.user_ticks + figures.stat.system_ticks,
             last: None,
@@ -221,15 +224,15 @@ pub fn run(
             stats.readings += 1;
             process.readings += 1;
             // A process started by a launcher (a pyenv shim, `env`, a shell) exec()s into the real
-            // program just after it is first seen, which changes its name: read its command line
-            // again then, and now and then in case an exec kept the name.
-            let renamed = process
-                .last
-                .as_ref()
-                .is_some_and(|(_, last)| last.stat.name != figures.stat.name);
-            if renamed || process.readings % COMMAND_REREAD_EVERY == 0 {
+            // program just after it is first seen: read its command line again when the program
+            // image changed, and now and then in case the kernel hides what tells.
+            // (Mid-exec the command line reads empty and `[name]` stands in: try again soon.)
+            let renamed = process.command_image != figures.stat.image();
+            let placeholder = process.command.starts_with('[') && process.readings < 20;
+            if renamed || placeholder || process.readings % COMMAND_REREAD_EVERY == 0 {
                 if let Some(command) = command_of(pid) {
                     process.command = command;
+                    process.command_image = figures.stat.image();
                 }
             }
             let mut row = tick_row(pid, process, &figures, now, ticks_per_second);
