@@ -458,3 +458,51 @@ fn errors_are_one_line_with_their_exit_codes() {
     let rows = read_rows(&log);
     assert!(rows.len() >= 3, "{} rows", rows.len());
 }
+
+/// Ctrl-C (SIGINT to the tool) against a running process with --smaps: exit 0, the log and the plot
+/// complete, USS and PSS within RSS, and the target untouched.
+#[test]
+fn interrupt_writes_every_output_and_smaps_adds_uss_and_pss() {
+    let _serial = serial();
+    let scratch = Scratch::new("process-sigint");
+    let (log, svg) = (scratch.path("run.jsonl"), scratch.path("run.svg"));
+    let python = interpreters().into_iter().next().expect("an interpreter");
+    let mut target = Command::new(&python.path)
+        .arg(fixture("rss_steps.py"))
+        .args(["--steps", "2", "--linger", "30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = target.id().to_string();
+    let mut run = tool()
+        .args([
+            "process", "--pid", &pid, "--smaps", "-i", "0.1", "-q", "-o", &log,
+        ])
+        .args(["--plot", &svg])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1800));
+    sigint(run.id());
+    let status = wait_with_timeout(&mut run, Duration::from_secs(10));
+    let alive = target.try_wait().unwrap().is_none();
+    let _ = target.kill();
+    let _ = target.wait();
+    assert!(status.success(), "exit {status}");
+    assert!(alive, "the target did not survive");
+    let rows = read_rows(&log);
+    assert!(rows.len() >= 10, "{} rows", rows.len());
+    for row in &rows {
+        let (rss, uss, pss) = (number(row, "rss"), number(row, "uss"), number(row, "pss"));
+        assert!(uss > 0.0 && uss <= pss && pss <= rss, "{row}");
+    }
+    let grown = number(rows.last().unwrap(), "uss") - number(&rows[0], "uss");
+    assert!(
+        grown >= 45.0 * MB,
+        "USS grew {:.1} MB over a 50 MB step",
+        grown / MB
+    );
+    roxmltree::Document::parse(&std::fs::read_to_string(&svg).unwrap()).expect("the SVG parses");
+}
