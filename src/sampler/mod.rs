@@ -74,23 +74,7 @@ impl Default for Settings {
     }
 }
 
-/// Why sampling stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    Interrupted,
-    DurationReached,
-    TargetExited,
-}
-
-impl EndReason {
-    pub fn describe(self) -> &'static str {
-        match self {
-            EndReason::Interrupted => "interrupted",
-            EndReason::DurationReached => "duration reached",
-            EndReason::TargetExited => "target exited",
-        }
-    }
-}
+pub use crate::target::EndReason;
 
 /// One RSS change and what it was charged to, for streamed event logs.
 #[derive(Debug)]

@@ -54,6 +54,24 @@ fn process_state(pid: i32) -> Option<char> {
     after_name.split_whitespace().next()?.chars().next()
 }
 
+/// Why a run (of `attach` or `process`) stopped: the user, the clock, or the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Interrupted,
+    DurationReached,
+    TargetExited,
+}
+
+impl EndReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            EndReason::Interrupted => "interrupted",
+            EndReason::DurationReached => "duration reached",
+            EndReason::TargetExited => "target exited",
+        }
+    }
+}
+
 /// True while the process exists and is not a zombie.
 pub fn is_alive(pid: i32) -> bool {
     matches!(process_state(pid), Some(state) if state != 'Z' && state != 'X')

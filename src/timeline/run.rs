@@ -32,23 +32,7 @@ pub struct Settings {
     pub smaps: bool,
 }
 
-/// Why the loop stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    Interrupted,
-    DurationReached,
-    TargetExited,
-}
-
-impl EndReason {
-    pub fn describe(self) -> &'static str {
-        match self {
-            EndReason::Interrupted => "interrupted",
-            EndReason::DurationReached => "duration reached",
-            EndReason::TargetExited => "target exited",
-        }
-    }
-}
+pub use crate::target::EndReason;
 
 /// Receives each tick's rows (root first, then each child under its parent, depth first).
 pub trait TickObserver {
@@ -85,8 +69,10 @@ struct Followed {
 }
 
 impl Followed {
-    fn open(pid: u32, depth: u32, smaps: bool) -> std::result::Result<Followed, ReadError> {
-        let mut reader = ProcessReader::open(pid, smaps)?;
+    fn open(pid: u32, depth: u32, settings: &Settings) -> std::result::Result<Followed, ReadError> {
+        // Peak RSS and swap at least once a second (every tick at intervals of a second or more).
+        let status_every = (1.0 / settings.interval.as_secs_f64().max(1e-3)).ceil() as u64;
+        let mut reader = ProcessReader::open(pid, settings.smaps)?.with_status_every(status_every);
         let figures = reader.read()?;
         Ok(Followed {
             reader,
@@ -274,7 +260,7 @@ fn discover(
         if stats.processes_seen > 0 {
             return Ok(None);
         }
-        match Followed::open(root, 0, settings.smaps) {
+        match Followed::open(root, 0, settings) {
             Ok(process) => {
                 slot.insert(process);
                 stats.processes_seen += 1;
@@ -323,7 +309,7 @@ fn discover(
         let depth = depth_of[&pid];
         match followed.get_mut(&pid) {
             Some(process) => process.depth = depth,
-            None => match Followed::open(pid, depth, settings.smaps) {
+            None => match Followed::open(pid, depth, settings) {
                 Ok(process) => {
                     followed.insert(pid, process);
                     stats.processes_seen += 1;
