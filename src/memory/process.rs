@@ -234,7 +234,7 @@ impl ProcessReader {
                     format!("/proc/{}/statm is not a statm line", self.pid),
                 ))
             })?;
-        let due = self.readings % self.status_every == 0;
+        let due = self.readings.is_multiple_of(self.status_every);
         self.readings += 1;
         let status = match self.last_status {
             Some(last) if !due && rss <= last.peak_rss => last,

@@ -215,7 +215,7 @@ pub fn run(
             // (Mid-exec the command line reads empty and `[name]` stands in: try again soon.)
             let renamed = process.command_image != figures.stat.image();
             let placeholder = process.command.starts_with('[') && process.readings < 20;
-            if renamed || placeholder || process.readings % COMMAND_REREAD_EVERY == 0 {
+            if renamed || placeholder || process.readings.is_multiple_of(COMMAND_REREAD_EVERY) {
                 if let Some(command) = command_of(pid) {
                     process.command = command;
                     process.command_image = figures.stat.image();
