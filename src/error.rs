@@ -25,6 +25,9 @@ pub enum ErrorKind {
     SpawnFailed,
     /// A file given to read (`--input`) is missing, unreadable or not in the expected format.
     BadInput,
+    /// A helper could not run inside the target, or did not reply in time (the message says what
+    /// happened to it).
+    HelperFailed,
 }
 
 impl ErrorKind {
@@ -39,6 +42,7 @@ impl ErrorKind {
             ErrorKind::OutputNotWritable => 7,
             ErrorKind::SpawnFailed => 8,
             ErrorKind::BadInput => 9,
+            ErrorKind::HelperFailed => 10,
         }
     }
 }

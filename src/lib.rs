@@ -4,11 +4,14 @@
 
 pub mod attribution;
 pub mod error;
+pub mod inject;
+pub mod mallocstats;
 pub mod memory;
 pub mod report;
 pub mod sampler;
 pub mod target;
 pub mod timeline;
+pub mod tracemalloc;
 
 /// The version printed by `--version` and written into every report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

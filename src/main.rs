@@ -53,6 +53,243 @@ enum Command {
                       While it runs, a line typed on stdin (then Enter) labels that moment in the log and on the plot."
     )]
     Process(ProcessArgs),
+
+    /// Take two tracemalloc snapshots inside a running Python process and show what grew, by line.
+    #[command(
+        after_help = "Examples:\n  pymemtrace tracemalloc --pid 1234 --duration 30\n  \
+                      pymemtrace tracemalloc --pid 1234 --frames 5 --granularity traceback --json growth.json\n\n\
+                      A stdlib-only helper runs in the target's main thread (between two bytecodes) for each \
+                      snapshot; nothing is installed there. tracemalloc is started if it is not running, and \
+                      stopped afterwards."
+    )]
+    Tracemalloc(TracemallocArgs),
+
+    /// Capture sys._debugmallocstats() inside a running Python process twice and show what changed.
+    #[command(
+        after_help = "Examples:\n  pymemtrace mallocstats --pid 1234 --duration 10\n  \
+                      pymemtrace mallocstats --pid 1234 --json stats.json"
+    )]
+    Mallocstats(MallocstatsArgs),
+
+    /// Run the smallest helper inside a Python process and time the round trip (tests, benchmarks).
+    #[command(hide = true)]
+    Ping(PingArgs),
+}
+
+#[derive(Args)]
+struct TracemallocArgs {
+    /// PID of the running Python process (3.4 or later).
+    #[arg(short, long, value_name = "PID")]
+    pid: i32,
+
+    /// Seconds between the two snapshots (default: until Ctrl-C).
+    #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
+    duration: Option<f64>,
+
+    /// Frames kept per allocation when this run starts tracemalloc.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    frames: u32,
+
+    /// Group allocations by line, by file, or by whole traceback.
+    #[arg(long, value_enum, default_value_t = pymemtrace::tracemalloc::Granularity::Lineno)]
+    granularity: pymemtrace::tracemalloc::Granularity,
+
+    /// Rows in the table (and in the JSON).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    top: usize,
+
+    /// Write the whole result as JSON here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+
+    /// Seconds to wait for each helper to run (the main thread must reach Python code).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    timeout: f64,
+}
+
+#[derive(Args)]
+struct MallocstatsArgs {
+    /// PID of the running Python process (3.3 or later).
+    #[arg(short, long, value_name = "PID")]
+    pid: i32,
+
+    /// Seconds between the two captures (default: until Ctrl-C).
+    #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
+    duration: Option<f64>,
+
+    /// Write both captures and the comparison as JSON here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+
+    /// Seconds to wait for each helper to run (the main thread must reach Python code).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    timeout: f64,
+}
+
+fn positive_seconds(name: &str, value: Option<f64>) -> Result<()> {
+    match value {
+        Some(v) if !(v > 0.0 && v.is_finite()) => Err(Error::usage(format!(
+            "{name} must be a positive number of seconds, not {v}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Opens a JSON output now, so that a bad path fails before the target is touched.
+fn json_output(path: &Option<PathBuf>) -> Result<Option<std::fs::File>> {
+    path.as_ref()
+        .map(|path| {
+            std::fs::File::create(path).map_err(|err| {
+                Error::new(
+                    ErrorKind::OutputNotWritable,
+                    format!("cannot write `{}`: {err}", path.display()),
+                )
+            })
+        })
+        .transpose()
+}
+
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .map_err(|err| Error::internal(format!("cannot install the Ctrl-C handler: {err}")))?;
+    Ok(stop)
+}
+
+fn write_json(
+    file: Option<std::fs::File>,
+    path: &Option<PathBuf>,
+    value: &serde_json::Value,
+) -> Result<()> {
+    if let (Some(file), Some(path)) = (file, path) {
+        serde_json::to_writer_pretty(std::io::BufWriter::new(file), value).map_err(|err| {
+            Error::new(
+                ErrorKind::OutputNotWritable,
+                format!("writing `{}` failed: {err}", path.display()),
+            )
+        })?;
+        eprintln!("pymemtrace: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn tracemalloc(args: TracemallocArgs) -> Result<()> {
+    positive_seconds("--duration", args.duration)?;
+    positive_seconds("--timeout", Some(args.timeout))?;
+    if args.frames == 0 || args.frames > 1000 {
+        return Err(Error::usage("--frames must be between 1 and 1000"));
+    }
+    let json_file = json_output(&args.json)?;
+    let stop = stop_flag()?;
+    let options = pymemtrace::tracemalloc::TracemallocOptions {
+        pid: args.pid,
+        duration: args.duration,
+        frames: args.frames,
+        granularity: args.granularity,
+        top: args.top,
+        json: args.json.clone(),
+        timeout: args.timeout,
+    };
+    let result = pymemtrace::tracemalloc::compare(&options, &stop);
+    let result = match result {
+        Ok(result) => result,
+        Err(err) => {
+            if let Some(path) = &args.json {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(err);
+        }
+    };
+    let command = pymemtrace::memory::process::command_of(args.pid as u32).unwrap_or_default();
+    let stdout = std::io::stdout();
+    pymemtrace::tracemalloc::write_table(&mut stdout.lock(), &result, &command)
+        .map_err(|err| Error::internal(format!("cannot write to stdout: {err}")))?;
+    write_json(
+        json_file,
+        &args.json,
+        &serde_json::to_value(&result).map_err(|e| Error::internal(e.to_string()))?,
+    )
+}
+
+fn mallocstats(args: MallocstatsArgs) -> Result<()> {
+    positive_seconds("--duration", args.duration)?;
+    positive_seconds("--timeout", Some(args.timeout))?;
+    let json_file = json_output(&args.json)?;
+    let stop = stop_flag()?;
+    let captures = match pymemtrace::mallocstats::command::compare(
+        args.pid,
+        args.duration,
+        args.timeout,
+        &stop,
+    ) {
+        Ok(captures) => captures,
+        Err(err) => {
+            if let Some(path) = &args.json {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(err);
+        }
+    };
+    let command = pymemtrace::memory::process::command_of(args.pid as u32).unwrap_or_default();
+    println!(
+        "pymemtrace mallocstats: PID {} ({}), {:.1} s between captures",
+        args.pid,
+        pymemtrace::report::collapsed::truncate(&command, 60),
+        captures.seconds
+    );
+    println!("{}", pymemtrace::mallocstats::summary(&captures.diff));
+    println!();
+    print!("{}", pymemtrace::mallocstats::render_diff(&captures.diff));
+    write_json(
+        json_file,
+        &args.json,
+        &serde_json::json!({
+            "pid": args.pid,
+            "seconds": captures.seconds,
+            "capture_windows_seconds": captures.windows,
+            "injection_round_trip_seconds": captures.round_trips,
+            "summary": pymemtrace::mallocstats::summary(&captures.diff),
+            "diff": captures.diff,
+            "before": captures.before,
+            "after": captures.after,
+        }),
+    )
+}
+
+#[derive(Args)]
+struct PingArgs {
+    /// PID of the Python process.
+    #[arg(short, long, value_name = "PID")]
+    pid: i32,
+
+    /// Seconds to wait for the reply.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    timeout: f64,
+}
+
+fn ping(args: PingArgs) -> Result<()> {
+    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+        return Err(Error::usage(
+            "--timeout must be a positive number of seconds",
+        ));
+    }
+    let options = pymemtrace::inject::Options {
+        timeout: Duration::from_secs_f64(args.timeout),
+        ..Default::default()
+    };
+    let request = serde_json::json!({"echo": "pymemtrace"});
+    let (reply, timing) =
+        pymemtrace::inject::run_helper(args.pid, &pymemtrace::inject::PING, &request, &options)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "reply": reply,
+            "held_seconds": timing.held.as_secs_f64(),
+            "round_trip_seconds": timing.round_trip.as_secs_f64(),
+        })
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -432,6 +669,9 @@ fn main() {
     };
     let outcome = std::panic::catch_unwind(|| match cli.command {
         Command::Attach(args) => attach(args),
+        Command::Ping(args) => ping(args),
+        Command::Tracemalloc(args) => tracemalloc(args),
+        Command::Mallocstats(args) => mallocstats(args),
         Command::Process(args) => run_process(ProcessOptions {
             pid: args.pid,
             command: args.command,

@@ -1,0 +1,260 @@
+//! The reply channel: a unix socket in a fresh private directory of the target's own /tmp.
+//!
+//! The tool runs as root against processes of other users, whose users own what is in /tmp. So:
+//! every path step is opened without following links (O_NOFOLLOW), the directory is made fresh
+//! (mkdir fails on anything already there, link or not), then handed to the target's uid with mode
+//! 0700; the socket is bound through the directory's file descriptor, never through a path the
+//! target's user could swap. Only the target itself may connect (SO_PEERCRED), every read is
+//! bounded, and the directory is removed on every path (Drop).
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+/// A listening socket in `/tmp/pymemtrace-XXXXXXXX/s` as the target sees it.
+pub struct Channel {
+    tmp: OwnedFd,
+    dir: OwnedFd,
+    dir_name: String,
+    listener: UnixListener,
+    /// The private directory inside the target (its own view of /tmp); the socket is `s` in it.
+    pub target_dir: String,
+    target_pid: i32,
+}
+
+fn os_error(what: &str) -> std::io::Error {
+    let err = std::io::Error::last_os_error();
+    std::io::Error::new(err.kind(), format!("{what}: {err}"))
+}
+
+fn open_dir_at(parent: libc::c_int, name: &str) -> std::io::Result<OwnedFd> {
+    let c_name = CString::new(name).expect("no NUL in a fixed name");
+    // SAFETY: openat with a valid dirfd and NUL-terminated name; the fd is owned below.
+    let fd = unsafe {
+        libc::openat(
+            parent,
+            c_name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(os_error(&format!("cannot open {name}")));
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most bytes.len() bytes.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != bytes.len() as isize {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (nanos ^ (std::process::id() as u64) << 32).to_ne_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Channel {
+    /// Makes the private directory in the target's /tmp, owned by `uid`/`gid`, and listens in it.
+    pub fn open(target_pid: i32, uid: u32, gid: u32) -> std::io::Result<Channel> {
+        let root = CString::new(format!("/proc/{target_pid}/root")).expect("no NUL");
+        // SAFETY: open of a NUL-terminated path; the magic link is followed on purpose (it is the
+        // target's root, not something its user can plant).
+        let root_fd = unsafe {
+            libc::open(
+                root.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if root_fd < 0 {
+            return Err(os_error(&format!("cannot open /proc/{target_pid}/root")));
+        }
+        // SAFETY: root_fd is a fresh descriptor we own.
+        let root_fd = unsafe { OwnedFd::from_raw_fd(root_fd) };
+        let tmp = open_dir_at(root_fd.as_raw_fd(), "tmp")?;
+        let mut attempts = 0;
+        let dir_name = loop {
+            let name = format!("pymemtrace-{}", random_suffix());
+            let c_name = CString::new(name.clone()).expect("no NUL");
+            // SAFETY: mkdirat with a valid dirfd; it fails if anything of that name exists.
+            if unsafe { libc::mkdirat(tmp.as_raw_fd(), c_name.as_ptr(), 0o700) } == 0 {
+                break name;
+            }
+            attempts += 1;
+            if attempts >= 8 {
+                return Err(os_error(
+                    "cannot make a private directory in the target's /tmp",
+                ));
+            }
+        };
+        let dir = match open_dir_at(tmp.as_raw_fd(), &dir_name) {
+            Ok(dir) => dir,
+            Err(err) => {
+                remove_dir_at(&tmp, &dir_name);
+                return Err(err);
+            }
+        };
+        let mut channel_parts = (tmp, dir, dir_name);
+        let result = (|| {
+            let (_, dir, _) = &channel_parts;
+            // The directory stays root's until the socket in it is ready, so nobody can swap the
+            // socket for a link between its creation and its chown/chmod.
+            // Bound through our descriptor: the path cannot be swapped under us.
+            let bind_path = format!("/proc/self/fd/{}/s", dir.as_raw_fd());
+            let listener = UnixListener::bind(&bind_path)?;
+            let socket_name = CString::new("s").expect("no NUL");
+            // SAFETY: fchownat/fchmodat on a name in our directory, not following links.
+            unsafe {
+                if libc::fchownat(
+                    dir.as_raw_fd(),
+                    socket_name.as_ptr(),
+                    uid,
+                    gid,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                ) != 0
+                {
+                    return Err(os_error("cannot give the socket to the target's user"));
+                }
+                if libc::fchmodat(dir.as_raw_fd(), socket_name.as_ptr(), 0o600, 0) != 0 {
+                    return Err(os_error("cannot set the socket's mode"));
+                }
+            }
+            // SAFETY: fchown on a descriptor we own.
+            if unsafe { libc::fchown(dir.as_raw_fd(), uid, gid) } != 0 {
+                return Err(os_error(
+                    "cannot give the private directory to the target's user",
+                ));
+            }
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })();
+        match result {
+            Ok(listener) => {
+                let (tmp, dir, dir_name) = channel_parts;
+                Ok(Channel {
+                    target_dir: format!("/tmp/{dir_name}"),
+                    tmp,
+                    dir,
+                    dir_name,
+                    listener,
+                    target_pid,
+                })
+            }
+            Err(err) => {
+                let (tmp, dir, dir_name) = &mut channel_parts;
+                remove_contents(dir);
+                remove_dir_at(tmp, dir_name);
+                Err(err)
+            }
+        }
+    }
+
+    /// Waits until `deadline` for the target to connect, checks that it is the target, sends
+    /// `request` and reads the reply (at most `max_reply` bytes). None when nobody connected in time.
+    pub fn exchange(
+        &self,
+        request: &[u8],
+        deadline: Instant,
+        max_reply: usize,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        let stream = loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if peer_pid(&stream) == Some(self.target_pid) {
+                        break stream;
+                    }
+                    // Someone else (another process of the target's user): not our helper.
+                    continue;
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let timeout = remaining.max(Duration::from_millis(100));
+        stream.set_write_timeout(Some(timeout))?;
+        let mut writer = &stream;
+        writer.write_all(&(request.len() as u32).to_be_bytes())?;
+        writer.write_all(request)?;
+        writer.flush()?;
+        Ok(Some(read_reply(&stream, timeout, max_reply)?))
+    }
+}
+
+/// Reads a length-prefixed reply, refusing more than `max_reply` bytes.
+fn read_reply(
+    stream: &UnixStream,
+    timeout: Duration,
+    max_reply: usize,
+) -> std::io::Result<Vec<u8>> {
+    stream.set_read_timeout(Some(timeout))?;
+    let mut reader = stream;
+    let mut length = [0u8; 4];
+    reader.read_exact(&mut length)?;
+    let length = u32::from_be_bytes(length) as usize;
+    if length > max_reply {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the helper's reply announces {length} bytes, more than the {max_reply} allowed"
+            ),
+        ));
+    }
+    let mut reply = vec![0u8; length];
+    reader.read_exact(&mut reply)?;
+    Ok(reply)
+}
+
+fn peer_pid(stream: &UnixStream) -> Option<i32> {
+    let mut credentials = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most len bytes into credentials.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut credentials as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(credentials.pid)
+}
+
+fn remove_contents(dir: &OwnedFd) {
+    let name = CString::new("s").expect("no NUL");
+    // SAFETY: unlinkat of a name in our own directory.
+    unsafe {
+        libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0);
+    }
+}
+
+fn remove_dir_at(tmp: &OwnedFd, name: &str) {
+    let c_name = CString::new(name).expect("no NUL");
+    // SAFETY: unlinkat of our directory's name in /tmp (AT_REMOVEDIR: only an empty directory).
+    unsafe {
+        libc::unlinkat(tmp.as_raw_fd(), c_name.as_ptr(), libc::AT_REMOVEDIR);
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        remove_contents(&self.dir);
+        remove_dir_at(&self.tmp, &self.dir_name);
+    }
+}

@@ -1,0 +1,411 @@
+//! Running a small stdlib-only Python helper inside a live CPython, from outside (Linux x86_64).
+//!
+//! ../shared/notes/injection.md records what is safe on these machines; this follows it:
+//! 1. a private reply channel in the target's own /tmp ([`channel`]);
+//! 2. the main thread is held with ptrace just long enough to map one page, write a bootstrap
+//!    snippet into it and call `Py_AddPendingCall(PyRun_SimpleString, page)`; its registers and
+//!    vector state are then restored ([`ptrace`]);
+//! 3. the interpreter runs the bootstrap at its next bytecode boundary with the GIL held; it
+//!    connects back, receives the helper's source and request, runs the helper's `main(request)`
+//!    in a fresh namespace and sends the reply.
+//!
+//! Nothing is installed in the target; the helper sees only what it is sent.
+
+mod channel;
+mod ptrace;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::error::{Error, ErrorKind, Result};
+use ptrace::PtraceError;
+
+/// A helper: stdlib-only Python defining `main(request) -> dict`, embedded in the binary. It finds
+/// `CHANNEL_DIR` in its globals: a private directory of the target's user, for scratch files.
+#[derive(Debug, Clone, Copy)]
+pub struct Helper {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+const BOOTSTRAP: &str = include_str!("helpers/bootstrap.py");
+
+/// Captures `sys._debugmallocstats()` (`pymemtrace mallocstats`).
+pub const MALLOCSTATS: Helper = Helper {
+    name: "mallocstats",
+    source: include_str!("helpers/mallocstats.py"),
+};
+
+/// Starts tracemalloc and snapshots, then compares and restores (`pymemtrace tracemalloc`).
+pub const TRACEMALLOC: Helper = Helper {
+    name: "tracemalloc",
+    source: include_str!("helpers/tracemalloc.py"),
+};
+
+/// Run if a late tracemalloc step finds the tool gone: put the target back as it was.
+pub const TRACEMALLOC_FALLBACK: &str = "import tracemalloc\n\
+state = getattr(tracemalloc, '_pymemtrace_state', None)\n\
+if state is not None:\n    del tracemalloc._pymemtrace_state\n    \
+if state['started_by_us'] and tracemalloc.is_tracing():\n        tracemalloc.stop()\n";
+
+/// Says where it ran: proves the round trip (`pymemtrace ping`, tests, benchmarks).
+pub const PING: Helper = Helper {
+    name: "ping",
+    source: include_str!("helpers/ping.py"),
+};
+
+/// How an injection runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long to wait for the helper's reply (the main thread must reach Python code first).
+    pub timeout: Duration,
+    /// The largest reply accepted.
+    pub max_reply: usize,
+    /// Make a main thread waiting on a lock (futex) return EINTR so the helper runs at once.
+    pub nudge_lock_waits: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            timeout: Duration::from_secs(10),
+            max_reply: 64 << 20,
+            nudge_lock_waits: true,
+        }
+    }
+}
+
+/// What one injection measured, besides the reply.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// The main thread held by ptrace.
+    pub held: Duration,
+    /// From the start to the reply.
+    pub round_trip: Duration,
+}
+
+fn helper_error(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::HelperFailed, message)
+}
+
+/// The target's filesystem uid and gid (what its connect() is checked with).
+fn target_ids(pid: i32) -> Result<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| {
+        Error::new(
+            ErrorKind::NoSuchProcess,
+            format!("PID {pid} exited before the helper could be sent"),
+        )
+    })?;
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    match (field("Uid:"), field("Gid:")) {
+        (Some(uid), Some(gid)) => Ok((uid, gid)),
+        _ => Err(Error::internal(format!(
+            "cannot read the owner of PID {pid} from /proc/{pid}/status"
+        ))),
+    }
+}
+
+/// The addresses to call, from the interpreter's symbols, and its version.
+struct Interpreter {
+    add_pending_call: u64,
+    run_simple_string: u64,
+    version: (u64, u64),
+}
+
+fn find_interpreter(pid: i32) -> Result<Interpreter> {
+    let process = remoteprocess::Process::new(pid).map_err(|err| {
+        Error::new(
+            ErrorKind::NoSuchProcess,
+            format!("cannot open PID {pid}: {err}"),
+        )
+    })?;
+    let info = py_spy::python_process_info::PythonProcessInfo::new(&process).map_err(|err| {
+        Error::new(
+            ErrorKind::NotPython,
+            format!("PID {pid} does not look like a CPython process ({err:#})"),
+        )
+    })?;
+    let version = py_spy::python_process_info::get_python_version(&info, &process)
+        .map(|v| (v.major, v.minor))
+        .map_err(|err| {
+            Error::new(
+                ErrorKind::NotPython,
+                format!("cannot tell the Python version of PID {pid} ({err:#})"),
+            )
+        })?;
+    if version >= (3, 14) {
+        return Err(Error::new(
+            ErrorKind::UnsupportedVersion,
+            format!(
+                "PID {pid} runs Python {}.{}: injection there goes through PEP 768's remote \
+                 debugging protocol, which this build does not have yet",
+                version.0, version.1
+            ),
+        ));
+    }
+    let symbol = |name: &str| info.get_symbol(name).copied();
+    match (symbol("Py_AddPendingCall"), symbol("PyRun_SimpleString")) {
+        (Some(add_pending_call), Some(run_simple_string)) => Ok(Interpreter {
+            add_pending_call,
+            run_simple_string,
+            version,
+        }),
+        _ => Err(Error::new(
+            ErrorKind::NotPython,
+            format!(
+                "PID {pid}: Py_AddPendingCall or PyRun_SimpleString not found in its interpreter"
+            ),
+        )),
+    }
+}
+
+/// A Python string literal for `text` (ASCII only, so it reads the same on 2.7 and 3.x).
+fn python_literal(text: &str) -> String {
+    let mut literal = String::from("'");
+    for c in text.chars() {
+        match c {
+            '\\' => literal.push_str("\\\\"),
+            '\'' => literal.push_str("\\'"),
+            ' '..='~' => literal.push(c),
+            _ => literal.push_str(&format!("\\u{:04x}", c as u32)),
+        }
+    }
+    literal.push('\'');
+    literal
+}
+
+/// Blocks the signals a user sends to stop the tool, for as long as the value lives: the target's
+/// main thread must never be left inside our call.
+struct SignalsBlocked(libc::sigset_t);
+
+impl SignalsBlocked {
+    fn new() -> SignalsBlocked {
+        // SAFETY: sigset manipulation on local values; pthread_sigmask only changes this thread.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                libc::sigaddset(&mut set, signal);
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            SignalsBlocked(old)
+        }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores this thread's previous mask.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
+        }
+    }
+}
+
+fn ptrace_error(pid: i32, err: PtraceError) -> Error {
+    match err {
+        PtraceError::AlreadyTraced => helper_error(format!(
+            "PID {pid} is already being traced by another tool (see TracerPid in \
+             /proc/{pid}/status): detach it first"
+        )),
+        PtraceError::NotPermitted => Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "may not ptrace PID {pid}: run as its user or with sudo (CAP_SYS_PTRACE), and \
+                 check /proc/sys/kernel/yama/ptrace_scope"
+            ),
+        ),
+        PtraceError::DidNotStop => helper_error(format!(
+            "PID {pid}'s main thread did not stop within a second (stopped by SIGSTOP, or in an \
+             uninterruptible wait): nothing was done to it"
+        )),
+        PtraceError::Exited => Error::new(
+            ErrorKind::NoSuchProcess,
+            format!("PID {pid} exited while the helper was being sent"),
+        ),
+        PtraceError::Failed(what) => helper_error(format!(
+            "could not queue the helper in PID {pid}: {what}; the target was put back as it was"
+        )),
+    }
+}
+
+/// Queues `snippet` as a pending call in the main thread of `pid`. Returns how long the thread
+/// was held.
+fn queue_pending_call(
+    pid: i32,
+    interpreter: &Interpreter,
+    snippet: &str,
+    nudge: bool,
+) -> Result<Duration> {
+    let _blocked = SignalsBlocked::new();
+    let started = Instant::now();
+    let mut held = ptrace::seize(pid).map_err(|e| ptrace_error(pid, e))?;
+    let syscall_at =
+        ptrace::find_syscall_instruction(pid, &held).map_err(|e| ptrace_error(pid, e))?;
+    let mut code = snippet.as_bytes().to_vec();
+    code.push(0);
+    let length = (code.len() as u64).div_ceil(4096) * 4096;
+    let page = held
+        .syscall(
+            syscall_at,
+            ptrace::SYS_MMAP,
+            [
+                0,
+                length,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )
+        .map_err(|e| ptrace_error(pid, e))?;
+    if (page as i64) < 0 && (page as i64) > -4096 {
+        return Err(helper_error(format!(
+            "could not map a page in PID {pid} (errno {}); the target was put back as it was",
+            -(page as i64)
+        )));
+    }
+    ptrace::write_memory(pid, page, &code).map_err(|e| ptrace_error(pid, e))?;
+    let queued = held
+        .call(
+            interpreter.add_pending_call,
+            interpreter.run_simple_string,
+            page,
+        )
+        .map_err(|e| ptrace_error(pid, e))?;
+    held.release(nudge).map_err(|e| ptrace_error(pid, e))?;
+    if queued as u32 as i32 != 0 {
+        return Err(helper_error(format!(
+            "PID {pid}'s interpreter refused the pending call (its queue of 32 is full): try again"
+        )));
+    }
+    Ok(started.elapsed())
+}
+
+/// What the main thread is blocked in, for messages: from /proc/PID/task/PID/syscall.
+fn main_thread_wait(pid: i32) -> String {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/syscall")).unwrap_or_default();
+    let number = text.split_whitespace().next().unwrap_or("");
+    let name = match number {
+        "running" => return "running native code that has not returned to Python".into(),
+        "0" => "read",
+        "7" => "poll",
+        "23" => "select",
+        "35" | "230" => "sleep",
+        "43" | "288" => "accept",
+        "61" => "wait4 (waiting for a child process)",
+        "202" => "a lock or condition wait (futex)",
+        "232" | "281" => "epoll_wait",
+        "270" => "pselect",
+        "271" => "ppoll",
+        "" => return "in an unknown state".into(),
+        other => return format!("blocked in system call {other}"),
+    };
+    format!("blocked in {name}")
+}
+
+/// Runs `helper` in `pid` with `request` and returns its reply (the helper's `main` result).
+pub fn run_helper(
+    pid: i32,
+    helper: &Helper,
+    request: &Value,
+    options: &Options,
+) -> Result<(Value, Timing)> {
+    run_helper_with_fallback(pid, helper, request, "", options)
+}
+
+/// Like [`run_helper`]; `fallback` is Python run instead of the helper if the bootstrap runs too
+/// late to reach the tool (it timed out, or was stopped): it undoes what earlier steps left.
+pub fn run_helper_with_fallback(
+    pid: i32,
+    helper: &Helper,
+    request: &Value,
+    fallback: &str,
+    options: &Options,
+) -> Result<(Value, Timing)> {
+    let started = Instant::now();
+    crate::target::check_process(pid)?;
+    let interpreter = find_interpreter(pid)?;
+    let _ = interpreter.version;
+    let (uid, gid) = target_ids(pid)?;
+    let channel = channel::Channel::open(pid, uid, gid).map_err(|err| {
+        helper_error(format!(
+            "cannot make the reply channel in PID {pid}'s /tmp ({err}); the target was not touched"
+        ))
+    })?;
+    let snippet = BOOTSTRAP
+        .replace("@PATH@", &python_literal(&channel.target_dir))
+        .replace("@FALLBACK@", &python_literal(fallback))
+        .replace(
+            "@TIMEOUT@",
+            &format!("{:.1}", options.timeout.as_secs_f64().max(1.0)),
+        );
+    let held = queue_pending_call(pid, &interpreter, &snippet, options.nudge_lock_waits)?;
+    let message = serde_json::to_vec(&serde_json::json!({
+        "source": helper.source,
+        "request": request,
+    }))
+    .map_err(|err| Error::internal(format!("cannot encode the request: {err}")))?;
+    let deadline = started + options.timeout;
+    let reply = channel
+        .exchange(&message, deadline, options.max_reply)
+        .map_err(|err| helper_error(format!("the {} helper's reply failed: {err}", helper.name)))?;
+    let Some(reply) = reply else {
+        return Err(if crate::target::is_alive(pid) {
+            helper_error(format!(
+                "the {} helper did not run within {:.0} s: PID {pid}'s main thread is {}. It stays \
+                 queued and runs when that thread next runs Python code; it will then find nobody \
+                 listening and do nothing (one page of memory stays mapped). Try a longer \
+                 --timeout, or a moment when the program is active.",
+                helper.name,
+                options.timeout.as_secs_f64(),
+                main_thread_wait(pid)
+            ))
+        } else {
+            Error::new(
+                ErrorKind::NoSuchProcess,
+                format!("PID {pid} exited before the {} helper replied", helper.name),
+            )
+        });
+    };
+    let reply: Value = serde_json::from_slice(&reply).map_err(|err| {
+        helper_error(format!(
+            "the {} helper's reply is not JSON ({err}): not what the helper sends",
+            helper.name
+        ))
+    })?;
+    let timing = Timing {
+        held,
+        round_trip: started.elapsed(),
+    };
+    match (reply.get("ok"), reply.get("error")) {
+        (Some(ok), None) => Ok((ok.clone(), timing)),
+        (None, Some(error)) => Err(helper_error(format!(
+            "the {} helper failed inside PID {pid}: {}",
+            helper.name,
+            error.as_str().unwrap_or("(no message)")
+        ))),
+        _ => Err(helper_error(format!(
+            "the {} helper's reply has neither `ok` nor `error`: not what the helper sends",
+            helper.name
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn python_literals_escape_what_they_must() {
+        assert_eq!(super::python_literal("/tmp/a'b\\c"), "'/tmp/a\\'b\\\\c'");
+        assert_eq!(super::python_literal("é"), "'\\u00e9'");
+    }
+}

@@ -1,0 +1,408 @@
+//! Calling a function inside a stopped thread of another process (Linux x86_64), with ptrace.
+//!
+//! The recipe is the one ../shared/notes/injection.md records as safe on these machines: seize and
+//! interrupt one thread, save its general registers *and* its extended (vector) state, run what we
+//! need, restore both, detach. Signals that arrive for the thread while we hold it are held back and
+//! sent again after the detach, so the target loses none.
+
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::ptrace;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// What went wrong while the thread was held.
+#[derive(Debug)]
+pub enum PtraceError {
+    /// Another tracer (a debugger, strace, py-spy --native...) already traces the target.
+    AlreadyTraced,
+    /// The kernel refused (no CAP_SYS_PTRACE, Yama ptrace_scope, another user's process).
+    NotPermitted,
+    /// The thread did not stop in time (it is in uninterruptible sleep, or stopped by SIGSTOP).
+    DidNotStop,
+    /// The target exited while held.
+    Exited,
+    /// Anything else, with what was being done.
+    Failed(String),
+}
+
+impl std::fmt::Display for PtraceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PtraceError::AlreadyTraced => {
+                f.write_str("another tracer (a debugger?) is attached to it")
+            }
+            PtraceError::NotPermitted => f.write_str("ptrace was refused"),
+            PtraceError::DidNotStop => f.write_str("its main thread did not stop within a second"),
+            PtraceError::Exited => f.write_str("it exited"),
+            PtraceError::Failed(what) => f.write_str(what),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, PtraceError>;
+
+fn failed(what: &str, err: Errno) -> PtraceError {
+    match err {
+        Errno::ESRCH => PtraceError::Exited,
+        _ => PtraceError::Failed(format!("{what}: {err}")),
+    }
+}
+
+/// NT_X86_XSTATE: the regset holding the AVX/AVX-512/AMX state a call can clobber.
+const NT_X86_XSTATE: libc::c_int = 0x202;
+/// Larger than any x86_64 xstate area (about 11 KiB with AMX tiles).
+const XSTATE_BUFFER: usize = 32 * 1024;
+/// x86_64 syscall numbers used here.
+pub const SYS_MMAP: u64 = 9;
+pub const SYS_FUTEX: u64 = 202;
+/// The kernel's "restart this syscall" codes, as they sit in rax of an interrupted syscall.
+const ERESTARTSYS: i64 = 512;
+const ERESTARTNOINTR: i64 = 513;
+const ERESTARTNOHAND: i64 = 514;
+const ERESTART_RESTARTBLOCK: i64 = 516;
+
+/// How long a thread may take to stop, and a call to return.
+const STOP_TIMEOUT: Duration = Duration::from_secs(1);
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A thread held stopped, with everything needed to put it back as it was.
+pub struct Held {
+    tid: Pid,
+    saved: libc::user_regs_struct,
+    xstate: Vec<u8>,
+    /// Signals that arrived while held, to be sent again after the detach.
+    held_back: Vec<Signal>,
+    detached: bool,
+}
+
+/// Seizes `tid` and stops it. The thread is resumed (detached) when the returned value is dropped,
+/// restored to its saved state if [`Held::release`] was not called.
+pub fn seize(tid: i32) -> Result<Held> {
+    let pid = Pid::from_raw(tid);
+    match ptrace::seize(pid, ptrace::Options::empty()) {
+        Ok(()) => {}
+        Err(Errno::EPERM) => {
+            // EPERM is both "traced by someone else" and "not allowed": TracerPid tells them apart.
+            return Err(if traced_by_other(tid) {
+                PtraceError::AlreadyTraced
+            } else {
+                PtraceError::NotPermitted
+            });
+        }
+        Err(Errno::ESRCH) => return Err(PtraceError::Exited),
+        Err(err) => return Err(failed("PTRACE_SEIZE", err)),
+    }
+    let mut held = Held {
+        tid: pid,
+        // SAFETY: a plain C struct of integers; overwritten by getregs before any use.
+        saved: unsafe { std::mem::zeroed() },
+        xstate: Vec::new(),
+        held_back: Vec::new(),
+        detached: false,
+    };
+    ptrace::interrupt(pid).map_err(|e| failed("PTRACE_INTERRUPT", e))?;
+    held.wait_for(STOP_TIMEOUT, |status| {
+        matches!(status, WaitStatus::PtraceEvent(_, _, event) if *event == libc::PTRACE_EVENT_STOP)
+    }, Resume::Continue)?;
+    held.saved = ptrace::getregs(pid).map_err(|e| failed("PTRACE_GETREGS", e))?;
+    held.xstate = get_xstate(pid)?;
+    Ok(held)
+}
+
+fn traced_by_other(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .and_then(|v| v.trim().parse::<i32>().ok())
+        })
+        .is_some_and(|tracer| tracer != 0)
+}
+
+fn get_xstate(pid: Pid) -> Result<Vec<u8>> {
+    let mut buffer = vec![0u8; XSTATE_BUFFER];
+    let mut iov = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
+    };
+    // SAFETY: the kernel writes at most iov_len bytes into the buffer and sets iov_len.
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGSET,
+            pid.as_raw(),
+            NT_X86_XSTATE as usize as *mut libc::c_void,
+            &mut iov as *mut libc::iovec,
+        )
+    };
+    if rc != 0 {
+        return Err(failed("PTRACE_GETREGSET(NT_X86_XSTATE)", Errno::last()));
+    }
+    buffer.truncate(iov.iov_len);
+    Ok(buffer)
+}
+
+fn set_xstate(pid: Pid, xstate: &mut [u8]) -> Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: xstate.as_mut_ptr().cast(),
+        iov_len: xstate.len(),
+    };
+    // SAFETY: the kernel reads iov_len bytes from the buffer.
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETREGSET,
+            pid.as_raw(),
+            NT_X86_XSTATE as usize as *mut libc::c_void,
+            &mut iov as *mut libc::iovec,
+        )
+    };
+    if rc != 0 {
+        return Err(failed("PTRACE_SETREGSET(NT_X86_XSTATE)", Errno::last()));
+    }
+    Ok(())
+}
+
+/// How to resume the thread after holding back a signal while waiting.
+#[derive(Clone, Copy)]
+enum Resume {
+    Continue,
+    Step,
+}
+
+impl Held {
+    /// The syscall the thread was in when stopped (interrupted, to be restarted), if any.
+    pub fn interrupted_syscall(&self) -> Option<u64> {
+        let rax = self.saved.rax as i64;
+        let in_syscall = (self.saved.orig_rax as i64) >= 0;
+        let restartable = matches!(
+            -rax,
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
+        );
+        (in_syscall && restartable).then_some(self.saved.orig_rax)
+    }
+
+    /// Waits for a stop that `wanted` accepts; other signals are held back and the thread resumed
+    /// as `resume` says. Fails on exit or after `limit`.
+    fn wait_for(
+        &mut self,
+        limit: Duration,
+        wanted: impl Fn(&WaitStatus) -> bool,
+        resume: Resume,
+    ) -> Result<WaitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = waitpid(self.tid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG))
+                .map_err(|e| failed("waitpid", e))?;
+            match status {
+                WaitStatus::StillAlive => {
+                    if Instant::now() >= deadline {
+                        return Err(PtraceError::DidNotStop);
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                    self.detached = true;
+                    return Err(PtraceError::Exited);
+                }
+                status if wanted(&status) => return Ok(status),
+                WaitStatus::Stopped(_, signal) => {
+                    // A signal for the target: keep it for later, and carry on.
+                    self.held_back.push(signal);
+                    let resumed = match resume {
+                        Resume::Continue => ptrace::cont(self.tid, None),
+                        Resume::Step => ptrace::step(self.tid, None),
+                    };
+                    resumed.map_err(|e| failed("resuming after a signal", e))?;
+                }
+                _ => {
+                    // Group stops and other events: resume and keep waiting.
+                    let resumed = match resume {
+                        Resume::Continue => ptrace::cont(self.tid, None),
+                        Resume::Step => ptrace::step(self.tid, None),
+                    };
+                    resumed.map_err(|e| failed("resuming after an event", e))?;
+                }
+            }
+        }
+    }
+
+    fn fresh_regs(&self) -> libc::user_regs_struct {
+        let mut regs = self.saved;
+        // No syscall restart logic may touch rip when we resume at an address of our own.
+        regs.orig_rax = u64::MAX;
+        // The ABI wants the direction flag clear at a call.
+        regs.eflags &= !(1 << 10);
+        regs
+    }
+
+    /// Runs one syscall in the thread by single-stepping a `syscall` instruction at `at`.
+    pub fn syscall(&mut self, at: u64, number: u64, args: [u64; 6]) -> Result<u64> {
+        let mut regs = self.fresh_regs();
+        regs.rip = at;
+        regs.rax = number;
+        regs.rdi = args[0];
+        regs.rsi = args[1];
+        regs.rdx = args[2];
+        regs.r10 = args[3];
+        regs.r8 = args[4];
+        regs.r9 = args[5];
+        ptrace::setregs(self.tid, regs).map_err(|e| failed("PTRACE_SETREGS", e))?;
+        ptrace::step(self.tid, None).map_err(|e| failed("PTRACE_SINGLESTEP", e))?;
+        self.wait_for(
+            STOP_TIMEOUT,
+            |s| matches!(s, WaitStatus::Stopped(_, Signal::SIGTRAP)),
+            Resume::Step,
+        )?;
+        let after = ptrace::getregs(self.tid).map_err(|e| failed("PTRACE_GETREGS", e))?;
+        Ok(after.rax)
+    }
+
+    /// Calls `function(arg0, arg1)` in the thread and returns rax. The call returns to address 0,
+    /// which stops the thread with SIGSEGV: that is the end of the call.
+    pub fn call(&mut self, function: u64, arg0: u64, arg1: u64) -> Result<u64> {
+        let mut regs = self.fresh_regs();
+        // Below the red zone, 16-byte aligned, then the return address: rsp = 8 mod 16 at entry.
+        let stack = (self.saved.rsp - 1024) & !15;
+        let return_slot = stack - 8;
+        write_memory(self.tid.as_raw(), return_slot, &0u64.to_ne_bytes())?;
+        regs.rsp = return_slot;
+        regs.rip = function;
+        regs.rdi = arg0;
+        regs.rsi = arg1;
+        regs.rax = 0;
+        ptrace::setregs(self.tid, regs).map_err(|e| failed("PTRACE_SETREGS", e))?;
+        ptrace::cont(self.tid, None).map_err(|e| failed("PTRACE_CONT", e))?;
+        let tid = self.tid;
+        self.wait_for(
+            CALL_TIMEOUT,
+            |s| {
+                matches!(s, WaitStatus::Stopped(_, Signal::SIGSEGV))
+                    && ptrace::getregs(tid).is_ok_and(|r| r.rip == 0)
+            },
+            Resume::Continue,
+        )?;
+        let after = ptrace::getregs(self.tid).map_err(|e| failed("PTRACE_GETREGS", e))?;
+        Ok(after.rax)
+    }
+
+    /// Puts the thread back as it was and lets it go. With `interrupt_wait`, a futex wait the
+    /// thread was in returns EINTR instead of being restarted, so a lock wait in CPython runs
+    /// pending calls at once.
+    pub fn release(mut self, interrupt_wait: bool) -> Result<()> {
+        let mut regs = self.saved;
+        if interrupt_wait && self.interrupted_syscall() == Some(SYS_FUTEX) {
+            regs.rax = (-(libc::EINTR as i64)) as u64;
+            regs.orig_rax = u64::MAX;
+        }
+        let mut xstate = std::mem::take(&mut self.xstate);
+        let restored = ptrace::setregs(self.tid, regs)
+            .map_err(|e| failed("PTRACE_SETREGS", e))
+            .and_then(|_| set_xstate(self.tid, &mut xstate));
+        self.detach();
+        restored
+    }
+
+    fn detach(&mut self) {
+        if self.detached {
+            return;
+        }
+        self.detached = true;
+        let _ = ptrace::detach(self.tid, None);
+        for signal in self.held_back.drain(..) {
+            // SAFETY: tgkill only sends a signal.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    self.tid.as_raw(),
+                    self.tid.as_raw(),
+                    signal as libc::c_int,
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.detached {
+            // An error path: put back what we saved before letting the thread run.
+            let _ = ptrace::setregs(self.tid, self.saved);
+            if !self.xstate.is_empty() {
+                let mut xstate = std::mem::take(&mut self.xstate);
+                let _ = set_xstate(self.tid, &mut xstate);
+            }
+            self.detach();
+        }
+    }
+}
+
+/// Writes into another process's memory (the pages must be writable).
+pub fn write_memory(pid: i32, address: u64, data: &[u8]) -> Result<()> {
+    let local = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: the local buffer is valid for data.len() bytes; the kernel checks the remote range.
+    let written = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+    if written != data.len() as isize {
+        return Err(failed("process_vm_writev", Errno::last()));
+    }
+    Ok(())
+}
+
+/// Reads another process's memory.
+pub fn read_memory(pid: i32, address: u64, len: usize) -> Result<Vec<u8>> {
+    let mut buffer = vec![0u8; len];
+    let local = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: the local buffer is valid for len bytes; the kernel checks the remote range.
+    let read = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    if read != len as isize {
+        return Err(failed("process_vm_readv", Errno::last()));
+    }
+    Ok(buffer)
+}
+
+/// An address holding a `syscall` instruction (0f 05) the thread can single-step: right before
+/// its rip when it sits in a syscall, else one in the vDSO.
+pub fn find_syscall_instruction(pid: i32, held: &Held) -> Result<u64> {
+    if held.saved.orig_rax as i64 >= 0 {
+        let at = held.saved.rip - 2;
+        if read_memory(pid, at, 2)? == [0x0f, 0x05] {
+            return Ok(at);
+        }
+    }
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map_err(|e| PtraceError::Failed(format!("cannot read /proc/{pid}/maps: {e}")))?;
+    let vdso = maps
+        .lines()
+        .find(|l| l.ends_with("[vdso]"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|range| range.split_once('-'))
+        .and_then(|(start, end)| {
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .ok_or_else(|| PtraceError::Failed("no [vdso] mapping to find a syscall in".into()))?;
+    let code = read_memory(pid, vdso.0, (vdso.1 - vdso.0) as usize)?;
+    code.windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|offset| vdso.0 + offset as u64)
+        .ok_or_else(|| PtraceError::Failed("no syscall instruction in the vDSO".into()))
+}

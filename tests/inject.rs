@@ -1,0 +1,352 @@
+//! Helpers run inside real targets (`tracemalloc`, `mallocstats`): every interpreter from 3.8, a
+//! target in each state (busy, sleeping, waiting on a lock, reading stdin, with allocating threads),
+//! the known allocation found, and the target then finishing with its own output untouched.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const FIXTURE: &str = "inject_target.py";
+const KNOWN_BYTES: f64 = 100.0 * 100_033.0; // 100 bytes objects of 100,000 bytes (+33 header)
+
+/// Interpreters with tracemalloc and the injection engine's tested range (3.8 on).
+fn injectable() -> Vec<Interpreter> {
+    interpreters()
+        .into_iter()
+        .filter(|i| {
+            let version = i.label.trim_start_matches("debian-");
+            !matches!(version, "2.7" | "3.6" | "3.7")
+        })
+        .collect()
+}
+
+struct Target {
+    child: Child,
+}
+
+impl Target {
+    fn start(python: &Interpreter, mode: &str, extra: &[&str]) -> Target {
+        let mut child = Command::new(&python.path)
+            .args(extra)
+            .arg(fixture(FIXTURE))
+            .arg(mode)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n");
+        if mode == "stdin" {
+            // A line every 50 ms: the main thread returns from read and runs the helper.
+            let mut stdin = child.stdin.take().unwrap();
+            std::thread::spawn(move || {
+                while stdin.write_all(b"tick\n").is_ok() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+        Target { child }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Ends the target with SIGTERM and returns what it printed after `ready`.
+    fn finish(mut self) -> Result<String, String> {
+        self.signal("TERM");
+        let status = wait_with_timeout(&mut self.child, Duration::from_secs(10));
+        let mut rest = String::new();
+        std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut rest).unwrap();
+        if !status.success() {
+            return Err(format!("the target ended with {status}: {rest:?}"));
+        }
+        Ok(rest)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the tool, waits until its first step is done, signals the target to allocate, and
+/// waits for the tool's end.
+fn run_around_allocation(target: &Target, args: &[&str], first_step: &str) -> std::process::Output {
+    let mut tool = tool()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(tool.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let mut rest = String::new();
+    if line.contains(first_step) {
+        target.signal("USR1");
+    }
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = wait_with_timeout(&mut tool, Duration::from_secs(60));
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(tool.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    std::process::Output {
+        status,
+        stdout: stdout.into_bytes(),
+        stderr: (line + &rest).into_bytes(),
+    }
+}
+
+fn leftovers() -> Vec<String> {
+    std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("pymemtrace-") && !name.starts_with("pymemtrace-test"))
+        .collect()
+}
+
+fn check_target_output(rest: &str) -> Result<(), String> {
+    // Untouched stdout: exactly the fixture's own final line, with the 100 objects kept.
+    let ok =
+        rest.starts_with("result ") && rest.ends_with(" kept 100\n") && rest.lines().count() == 1;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("the target's stdout after ready: {rest:?}"))
+    }
+}
+
+#[test]
+fn tracemalloc_finds_the_allocating_line_in_every_state() {
+    let _serial = serial();
+    let line = line_of(FIXTURE, "kept.append(b\"k\"");
+    let pythons = injectable();
+    assert!(!pythons.is_empty(), "no interpreter 3.8 or later");
+    let mut failures = Vec::new();
+    for python in &pythons {
+        for mode in ["busy", "sleep", "lock", "stdin", "threads"] {
+            let scratch = Scratch::new("tracemalloc");
+            let json = scratch.path("tm.json");
+            let target = Target::start(python, mode, &[]);
+            let pid = target.pid();
+            let output = run_around_allocation(
+                &target,
+                &[
+                    "tracemalloc",
+                    "--pid",
+                    &pid,
+                    "--duration",
+                    "1.5",
+                    "--json",
+                    &json,
+                ],
+                "first snapshot taken",
+            );
+            let verdict = (|| {
+                if !output.status.success() {
+                    return Err(format!(
+                        "exit {}: {}",
+                        output.status,
+                        String::from_utf8_lossy(&output.stderr)
+                    ));
+                }
+                let result = read_json(&json);
+                let top = &result["top"][0];
+                let (file, at) = (
+                    top["frames"][0][0].as_str().unwrap_or(""),
+                    top["frames"][0][1].as_i64().unwrap_or(0),
+                );
+                let grown = top["size_diff"].as_f64().unwrap_or(0.0);
+                if !file.ends_with(FIXTURE)
+                    || at != line
+                    || (grown - KNOWN_BYTES).abs() > 0.1 * KNOWN_BYTES
+                {
+                    return Err(format!(
+                        "top group {file}:{at} grew {grown} B, truth line {line} {KNOWN_BYTES} B"
+                    ));
+                }
+                if result["started_by_us"] != true {
+                    return Err("tracemalloc reported as already running".into());
+                }
+                Ok(format!("line {at} +{:.2} MB", grown / 1e6))
+            })();
+            let finished = target.finish().and_then(|rest| check_target_output(&rest));
+            let left = leftovers();
+            match (verdict, finished) {
+                (Ok(figures), Ok(())) if left.is_empty() => {
+                    eprintln!("tracemalloc [{}] {mode} ok: {figures}", python.label)
+                }
+                (verdict, finished) => {
+                    let why = format!("{verdict:?} / target {finished:?} / left in /tmp {left:?}");
+                    eprintln!("tracemalloc [{}] {mode} FAILED: {why}", python.label);
+                    failures.push(format!("{} {mode}: {why}", python.label));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failed: {failures:#?}");
+}
+
+#[test]
+fn mallocstats_sees_the_small_objects() {
+    let _serial = serial();
+    let mut failures = Vec::new();
+    for python in &injectable() {
+        for mode in ["sleep", "lock", "threads"] {
+            let scratch = Scratch::new("mallocstats");
+            let json = scratch.path("ms.json");
+            let target = Target::start(python, mode, &[]);
+            let pid = target.pid();
+            let output = run_around_allocation(
+                &target,
+                &[
+                    "mallocstats",
+                    "--pid",
+                    &pid,
+                    "--duration",
+                    "1",
+                    "--json",
+                    &json,
+                ],
+                "first capture taken",
+            );
+            let verdict = (|| {
+                if !output.status.success() {
+                    return Err(format!(
+                        "exit {}: {}",
+                        output.status,
+                        String::from_utf8_lossy(&output.stderr)
+                    ));
+                }
+                let result = read_json(&json);
+                let allocated = result["summary"]["allocated_bytes"].as_f64().unwrap_or(0.0);
+                // 100,000 2-tuples of two ints: at least 5 MB of small blocks in every version.
+                if allocated < 5e6 {
+                    return Err(format!("allocated blocks grew {allocated} B"));
+                }
+                let stdout = String::from_utf8_lossy(&output.stdout);
+                if !stdout.contains("# bytes in allocated blocks") {
+                    return Err(format!("no allocated-blocks line in:\n{stdout}"));
+                }
+                Ok(format!("allocated blocks +{:.1} MB", allocated / 1e6))
+            })();
+            let finished = target.finish().and_then(|rest| check_target_output(&rest));
+            match (verdict, finished) {
+                (Ok(figures), Ok(())) if leftovers().is_empty() => {
+                    eprintln!("mallocstats [{}] {mode} ok: {figures}", python.label)
+                }
+                (verdict, finished) => {
+                    let why = format!("{verdict:?} / target {finished:?} / left {:?}", leftovers());
+                    eprintln!("mallocstats [{}] {mode} FAILED: {why}", python.label);
+                    failures.push(format!("{} {mode}: {why}", python.label));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failed: {failures:#?}");
+}
+
+/// tracemalloc already running (-X tracemalloc=5) is used and left running; a target that exits
+/// between the snapshots ends the tool with exit 3; a non-Python process is refused with 4.
+#[test]
+fn already_running_exited_and_not_python() {
+    let _serial = serial();
+    let python = injectable()
+        .into_iter()
+        .next()
+        .expect("an interpreter 3.8 or later");
+    let scratch = Scratch::new("inject-cases");
+    let json = scratch.path("tm.json");
+
+    let target = Target::start(&python, "sleep", &["-X", "tracemalloc=5"]);
+    let pid = target.pid();
+    for round in 0..2 {
+        let output = run_around_allocation(
+            &target,
+            &[
+                "tracemalloc",
+                "--pid",
+                &pid,
+                "--duration",
+                "0.5",
+                "--json",
+                &json,
+            ],
+            "first snapshot taken",
+        );
+        assert!(
+            output.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let result = read_json(&json);
+        assert_eq!(
+            result["started_by_us"], false,
+            "round {round}: tracemalloc was running"
+        );
+        assert_eq!(
+            result["frames"], 5,
+            "round {round}: the target's own frame limit"
+        );
+    }
+    drop(target);
+
+    let target = Target::start(&python, "sleep", &[]);
+    let pid = target.pid();
+    let mut run = tool()
+        .args([
+            "tracemalloc",
+            "--pid",
+            &pid,
+            "--duration",
+            "2",
+            "--json",
+            &json,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(run.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("first snapshot taken"), "{line}");
+    drop(target); // killed
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = wait_with_timeout(&mut run, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(3), "{rest}");
+    assert!(rest.contains("exited"), "{rest}");
+    assert!(!std::path::Path::new(&json).exists(), "no half result left");
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
+
+    let mut sleeper = Command::new("sleep").arg("10").spawn().unwrap();
+    let output = run_to_end(tool().args(["mallocstats", "--pid", &sleeper.id().to_string()]));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(
+        output.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
