@@ -8,7 +8,7 @@
 //! bounded, and the directory is removed on every path (Drop).
 
 use std::ffi::CString;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
@@ -154,14 +154,9 @@ impl Channel {
         }
     }
 
-    /// Waits until `deadline` for the target to connect, checks that it is the target, sends
-    /// `request` and reads the reply (at most `max_reply` bytes). None when nobody connected in time.
-    pub fn exchange(
-        &self,
-        request: &[u8],
-        deadline: Instant,
-        max_reply: usize,
-    ) -> std::io::Result<Option<Vec<u8>>> {
+    /// Waits until `deadline` for the target to connect, checks that it is the target, and reads
+    /// its reply (at most `max_reply` bytes). None when nobody connected in time.
+    pub fn receive(&self, deadline: Instant, max_reply: usize) -> std::io::Result<Option<Vec<u8>>> {
         let stream = loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -181,14 +176,13 @@ impl Channel {
             }
         };
         stream.set_nonblocking(false)?;
+        // The helper runs between connect and reply: give it the rest of the time, at least 1 s.
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let timeout = remaining.max(Duration::from_millis(100));
-        stream.set_write_timeout(Some(timeout))?;
-        let mut writer = &stream;
-        writer.write_all(&(request.len() as u32).to_be_bytes())?;
-        writer.write_all(request)?;
-        writer.flush()?;
-        Ok(Some(read_reply(&stream, timeout, max_reply)?))
+        Ok(Some(read_reply(
+            &stream,
+            remaining.max(Duration::from_secs(1)),
+            max_reply,
+        )?))
     }
 }
 

@@ -12,6 +12,7 @@
 //! Nothing is installed in the target; the helper sees only what it is sent.
 
 mod channel;
+mod marshal;
 mod ptrace;
 
 use std::time::{Duration, Instant};
@@ -181,6 +182,32 @@ fn python_literal(text: &str) -> String {
     literal
 }
 
+/// `value` written as a Python literal (the helper's request travels inside the bootstrap).
+fn python_value(value: &Value) -> String {
+    match value {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => python_literal(s),
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(python_value)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", python_literal(k), python_value(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 /// Blocks the signals a user sends to stop the tool, for as long as the value lives: the target's
 /// main thread must never be left inside our call.
 struct SignalsBlocked(libc::sigset_t);
@@ -345,19 +372,16 @@ pub fn run_helper_with_fallback(
     let snippet = BOOTSTRAP
         .replace("@PATH@", &python_literal(&channel.target_dir))
         .replace("@FALLBACK@", &python_literal(fallback))
+        .replace("@SOURCE@", &python_literal(helper.source))
+        .replace("@REQUEST@", &python_value(request))
         .replace(
             "@TIMEOUT@",
             &format!("{:.1}", options.timeout.as_secs_f64().max(1.0)),
         );
     let held = queue_pending_call(pid, &interpreter, &snippet, options.nudge_lock_waits)?;
-    let message = serde_json::to_vec(&serde_json::json!({
-        "source": helper.source,
-        "request": request,
-    }))
-    .map_err(|err| Error::internal(format!("cannot encode the request: {err}")))?;
     let deadline = started + options.timeout;
     let reply = channel
-        .exchange(&message, deadline, options.max_reply)
+        .receive(deadline, options.max_reply)
         .map_err(|err| helper_error(format!("the {} helper's reply failed: {err}", helper.name)))?;
     let Some(reply) = reply else {
         return Err(if crate::target::is_alive(pid) {
@@ -377,10 +401,10 @@ pub fn run_helper_with_fallback(
             )
         });
     };
-    let reply: Value = serde_json::from_slice(&reply).map_err(|err| {
+    let reply: Value = marshal::parse(&reply).map_err(|err| {
         helper_error(format!(
-            "the {} helper's reply is not JSON ({err}): not what the helper sends",
-            helper.name
+            "the {} helper's reply could not be read ({}): not what the helper sends",
+            helper.name, err.0
         ))
     })?;
     let timing = Timing {
@@ -407,5 +431,10 @@ mod tests {
     fn python_literals_escape_what_they_must() {
         assert_eq!(super::python_literal("/tmp/a'b\\c"), "'/tmp/a\\'b\\\\c'");
         assert_eq!(super::python_literal("é"), "'\\u00e9'");
+        let request = serde_json::json!({"a": [1, true, null, "x\n"], "b": 1.5});
+        assert_eq!(
+            super::python_value(&request),
+            "{'a': [1, True, None, 'x\\u000a'], 'b': 1.5}"
+        );
     }
 }

@@ -1,11 +1,14 @@
 # Run by Py_AddPendingCall(PyRun_SimpleString, ...) in the target's main thread, in __main__'s
 # namespace: so it binds no name there (the code runs in a fresh dict) and lets no exception out
 # (an exception would make the pending call fail and the interpreter raise SystemError).
+# It carries the helper and its request itself, imports only what is built in (_socket, marshal),
+# and gives the GIL away twice at most (connect, send): in a target whose other threads hold the
+# GIL, each of those waits costs a switch interval or more.
 try:
     exec(compile(r'''
-import socket as _s, struct as _st, json as _j
+import _socket, marshal
 def _run():
-    conn = _s.socket(_s.AF_UNIX, _s.SOCK_STREAM)
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     conn.settimeout(@TIMEOUT@)
     try:
         try:
@@ -14,26 +17,18 @@ def _run():
             # The tool is gone (it timed out waiting, or was stopped): undo what it may have left.
             exec(compile(@FALLBACK@, "<pymemtrace>", "exec"), {})
             return
-        def exact(n):
-            data = b""
-            while len(data) < n:
-                chunk = conn.recv(n - len(data))
-                if not chunk:
-                    raise EOFError("the tool closed the channel")
-                data += chunk
-            return data
-        size = _st.unpack(">I", exact(4))[0]
-        message = _j.loads(exact(size).decode("utf-8"))
         space = {"__name__": "_pymemtrace_helper", "CHANNEL_DIR": @PATH@}
         try:
-            exec(compile(message["source"], "<pymemtrace>", "exec"), space)
-            reply = {"ok": space["main"](message["request"])}
+            exec(compile(@SOURCE@, "<pymemtrace>", "exec"), space)
+            reply = {"ok": space["main"](@REQUEST@)}
         except BaseException as error:
             import traceback
             reply = {"error": "%s: %s" % (type(error).__name__, error),
                      "traceback": traceback.format_exc()[-4000:]}
-        data = _j.dumps(reply).encode("utf-8")
-        conn.sendall(_st.pack(">I", len(data)) + data)
+        data = marshal.dumps(reply, 2)
+        n = len(data)
+        header = bytes(bytearray([(n >> 24) & 255, (n >> 16) & 255, (n >> 8) & 255, n & 255]))
+        conn.sendall(header + data)
     finally:
         conn.close()
 _run()
