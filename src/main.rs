@@ -25,7 +25,7 @@ use pymemtrace::timeline::command::{run_process, ProcessOptions};
     after_help = "Exit codes: 0 success (also when the target exits), 1 internal error, 2 bad option, \
                   3 no such process, 4 not a Python process, 5 permission denied, 6 unsupported Python \
                   version, 7 output not writable, 8 command could not be started, 9 input file unreadable \
-                  or malformed."
+                  or malformed, 10 a helper could not run inside the target."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -49,7 +49,7 @@ pub struct TracemallocOptions {
 /// One group of the comparison.
 #[derive(Debug, Clone, Serialize)]
 pub struct Group {
-    /// (file, line), innermost first as tracemalloc gives them... outermost last.
+    /// (file, line), the allocating (innermost) frame first.
     pub frames: Vec<(String, i64)>,
     pub size_before: i64,
     pub size_after: i64,

@@ -32,8 +32,12 @@ def _restore():
 
 
 def _stat(stat):
+    frames = list(stat.traceback)
+    if sys.version_info >= (3, 7):
+        # Oldest first since 3.7: the reply lists the innermost (allocating) frame first.
+        frames.reverse()
     return {
-        "frames": [[frame.filename, frame.lineno] for frame in stat.traceback],
+        "frames": [[frame.filename, frame.lineno] for frame in frames],
         "size": stat.size,
         "size_diff": stat.size_diff,
         "count": stat.count,
