@@ -350,3 +350,79 @@ fn already_running_exited_and_not_python() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A target of another user (nobody): the helper runs there, the reply channel is handed to that
+/// user and removed after; and 200 injections in a row into one target with four allocating
+/// threads all succeed, with the target's own work finishing undisturbed.
+#[test]
+fn another_users_target_and_200_injections_in_a_row() {
+    let _serial = serial();
+    let debian = std::path::Path::new("/usr/bin/python3.11");
+    if debian.exists() {
+        let mut target = Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(debian)
+            .arg(fixture(FIXTURE))
+            .arg("sleep")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("setpriv (util-linux)");
+        let mut line = String::new();
+        BufReader::new(target.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n");
+        let output = run_to_end(tool().args(["ping", "--pid", &target.id().to_string()]));
+        let _ = target.kill();
+        let _ = target.wait();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let reply: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(reply["reply"]["pid"], target.id());
+        assert!(leftovers().is_empty(), "{:?}", leftovers());
+        eprintln!(
+            "another user's target: ok ({})",
+            reply["round_trip_seconds"]
+        );
+    } else {
+        assert!(!in_ci(), "Debian's python3.11 is missing in CI");
+        eprintln!(
+            "no /usr/bin/python3.11 (readable by nobody): the other-user case is not run here"
+        );
+    }
+
+    // PYMEMTRACE_INJECTIONS raises the count for a soak run (docs/inject.md).
+    let count: usize = std::env::var("PYMEMTRACE_INJECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let python = injectable()
+        .into_iter()
+        .last()
+        .expect("an interpreter 3.8 or later");
+    let target = Target::start(&python, "threads", &[]);
+    let pid = target.pid();
+    let mut slowest = 0.0f64;
+    for i in 0..count {
+        let output = run_to_end(tool().args(["ping", "--pid", &pid]));
+        assert!(
+            output.status.success(),
+            "injection {i} of {count}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let reply: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        slowest = slowest.max(reply["round_trip_seconds"].as_f64().unwrap());
+    }
+    target.signal("USR1");
+    std::thread::sleep(Duration::from_millis(300));
+    let rest = target.finish().expect("the target finishes");
+    check_target_output(&rest).unwrap();
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
+    eprintln!(
+        "{count} injections into {} [{}]: all answered, slowest {slowest:.3} s",
+        python.label, "threads"
+    );
+}
