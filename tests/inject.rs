@@ -422,7 +422,7 @@ fn another_users_target_and_200_injections_in_a_row() {
     check_target_output(&rest).unwrap();
     assert!(leftovers().is_empty(), "{:?}", leftovers());
     eprintln!(
-        "{count} injections into {} [{}]: all answered, slowest {slowest:.3} s",
-        python.label, "threads"
+        "{count} injections into {} (threads): all answered, slowest {slowest:.3} s",
+        python.label
     );
 }
