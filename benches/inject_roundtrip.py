@@ -21,9 +21,10 @@ import subprocess
 import sys
 import time
 
+from sections import replace_section
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "target", "release", "pymemtrace")
-BEGIN, END = "<!-- begin inject-roundtrip -->", "<!-- end inject-roundtrip -->"
 
 
 def percentile(values, fraction):
@@ -52,17 +53,6 @@ def measure(python, mode, rounds):
     return {"median": statistics.median(trips), "p95": percentile(trips, 0.95),
             "held_median": statistics.median(held), "held_max": max(held), "failures": failures,
             "n": len(trips)}
-
-
-def replace_section(path, text):
-    old = open(path).read() if os.path.exists(path) else ""
-    block = BEGIN + "\n" + text + "\n" + END
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    with open(path, "w") as handle:
-        handle.write(new)
 
 
 def main():
@@ -111,7 +101,7 @@ def main():
         " thread computes, all five wanting the GIL; `threads`: the four threads with the main thread"
         " sleeping in 50 ms steps (the helper waits for the sleep to end, then for the GIL).",
     ]
-    replace_section(args.out, "\n".join(lines))
+    replace_section(args.out, "inject-roundtrip", "\n".join(lines))
     print("wrote", args.out, file=sys.stderr)
 
 

@@ -20,9 +20,10 @@ import subprocess
 import sys
 import time
 
+from sections import replace_section
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "target", "release", "pymemtrace")
-BEGIN, END = "<!-- begin process-cost -->", "<!-- end process-cost -->"
 
 
 def measure(processes, seconds, extra):
@@ -45,17 +46,6 @@ def measure(processes, seconds, extra):
     match = re.search(r"tool: ([\d,]+) process readings, (\d+) us each", out)
     return {"cpu_share": cpu / wall, "us_per_reading": float(match.group(2)),
             "readings": int(match.group(1).replace(",", ""))}
-
-
-def replace_section(path, text):
-    old = open(path).read() if os.path.exists(path) else ""
-    block = BEGIN + "\n" + text + "\n" + END
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    with open(path, "w") as handle:
-        handle.write(new)
 
 
 def main():
@@ -99,7 +89,7 @@ def main():
               " opt-in and costs more (%.3f%% here): the kernel walks every page table of the process to"
               " produce smaps_rollup, which no reader can avoid; use a longer `--interval` with it on large"
               " trees." % ("met" if tree < 0.01 else "NOT met", tree * 100, smaps * 100)]
-    replace_section(args.out, "\n".join(lines))
+    replace_section(args.out, "process-cost", "\n".join(lines))
     print("wrote", args.out, file=sys.stderr)
 
 

@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+from sections import replace_section
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "target", "release", "pymemtrace")
 
@@ -273,21 +275,8 @@ def main():
         " the subject of a later benchmark.",
         "",
     ]
-    replace_section(args.out, "attach", "\n".join(lines))
+    replace_section(args.out, "attach", "\n".join(lines), first=True)
     print("wrote", args.out, file=sys.stderr)
-
-
-def replace_section(path, name, text):
-    """Replaces this benchmark's section of the page (between its markers), keeping the others."""
-    begin, end = "<!-- begin %s -->" % name, "<!-- end %s -->" % name
-    old = open(path).read() if os.path.exists(path) else ""
-    block = begin + "\n" + text + "\n" + end
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
-    else:
-        new = block + "\n" + old
-    with open(path, "w") as handle:
-        handle.write(new)
 
 
 if __name__ == "__main__":
