@@ -85,8 +85,9 @@ fn retained_memory_is_charged_to_the_functions_that_keep_it() {
 /// (b) Bursts between CPU-only work plus an allocating worker thread; spawn mode.
 ///
 /// Main-thread functions are held to 10 points each. The worker thread is held to 10 points as a
-/// whole: its 0.5 MB steps often complete between two stack reads, and sampling cannot then tell
-/// `worker_alloc` from the `worker_idle` it ran next (docs/how-it-works.md, "Limits").
+/// whole (`worker` and the `worker_alloc` and `worker_idle` it calls): its 0.5 MB steps often
+/// complete between two stack reads, and sampling cannot then tell `worker_alloc` from the
+/// `worker_idle` it ran next or the loop between them (docs/how-it-works.md, "Limits").
 #[test]
 fn bursty_program_with_a_worker_thread_is_attributed_within_ten_points() {
     let _serial = serial();
@@ -108,7 +109,10 @@ fn bursty_program_with_a_worker_thread_is_attributed_within_ten_points() {
             ));
         }
         let result = read_json(&json);
-        let worker = share(&result, "worker_alloc") + share(&result, "worker_idle");
+        // The worker thread's own code: its loop and the two functions it calls.
+        let worker = share(&result, "worker")
+            + share(&result, "worker_alloc")
+            + share(&result, "worker_idle");
         let mut figures: Vec<String> = main_thread_truth
             .iter()
             .map(|(name, _)| format!("{name} {:.1}%", share(&result, name) * 100.0))
@@ -344,7 +348,12 @@ fn threads_are_kept_apart_and_blocking_reads_agree_with_the_truth() {
             ));
         }
         let bytes = |root: &str, leaf: &str| by_root[root].get(leaf).copied().unwrap_or(0);
-        let worker_bytes = |root: &str| bytes(root, "worker_alloc") + bytes(root, "worker_idle");
+        // The worker thread's code: its loop (`worker`, caught between two calls) and the two
+        // functions it calls. Which of the three a step lands on is sampling luck (see the bursty
+        // test); the thread it lands under is what --threads must get right.
+        let worker_bytes = |root: &str| {
+            bytes(root, "worker") + bytes(root, "worker_alloc") + bytes(root, "worker_idle")
+        };
         let main_root = by_root
             .keys()
             .max_by_key(|r| bytes(r, "burst_big"))
@@ -357,7 +366,9 @@ fn threads_are_kept_apart_and_blocking_reads_agree_with_the_truth() {
             .clone();
         let (main_bytes, worker_total) =
             (bytes(&main_root, "burst_big"), worker_bytes(&worker_root));
-        let misplaced = worker_bytes(&main_root) + bytes(&worker_root, "burst_big");
+        let misplaced = worker_bytes(&main_root)
+            + bytes(&worker_root, "burst_big")
+            + bytes(&worker_root, "burst_small");
         // 60 MB by burst_big and 30 MB by the worker: most of each under its own thread, none crossed.
         if main_root == worker_root
             || main_bytes < 40_000_000
