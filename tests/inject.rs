@@ -426,3 +426,59 @@ fn another_users_target_and_200_injections_in_a_row() {
         python.label
     );
 }
+
+/// A target whose user attacks the reply channel, run as `nobody` with Debian's python3.11: a
+/// forged reply and a 2 GB announcement are refused with exit 10 and one clear line; a socket
+/// swapped for a link to a root-owned file leaves that file untouched. Nothing is left in /tmp.
+#[test]
+fn a_hostile_target_cannot_forge_flood_or_redirect() {
+    let _serial = serial();
+    let debian = std::path::Path::new("/usr/bin/python3.11");
+    if !debian.exists() {
+        assert!(!in_ci(), "Debian's python3.11 is missing in CI");
+        eprintln!("no /usr/bin/python3.11: the hostile-target cases are not run here");
+        return;
+    }
+    let scratch = Scratch::new("hostile");
+    let canary = scratch.path("canary");
+    std::fs::write(&canary, "root's own file\n").unwrap();
+    for (mode, expect) in [
+        ("forge", "not what the helper sends"),
+        ("huge", "more than the"),
+        ("swap", "did not run within"),
+    ] {
+        let mut target = Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(debian)
+            .arg(fixture("hostile_target.py"))
+            .args([mode, &canary])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("setpriv (util-linux)");
+        let mut stdout = BufReader::new(target.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        let output =
+            run_to_end(tool().args(["ping", "--pid", &target.id().to_string(), "--timeout", "2"]));
+        let mut attacked = String::new();
+        stdout.read_line(&mut attacked).unwrap();
+        let _ = target.kill();
+        let _ = target.wait();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            attacked.starts_with("attacked"),
+            "{mode}: the attack did not happen"
+        );
+        assert_eq!(output.status.code(), Some(10), "{mode}: {stderr}");
+        assert!(stderr.contains(expect), "{mode}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{mode}: one line: {stderr}");
+        assert_eq!(
+            std::fs::read_to_string(&canary).unwrap(),
+            "root's own file\n",
+            "{mode}: the canary changed"
+        );
+        assert!(leftovers().is_empty(), "{mode}: left {:?}", leftovers());
+        eprintln!("hostile {mode}: refused ({})", stderr.trim());
+    }
+}
