@@ -105,7 +105,7 @@ fn run_around_allocation(target: &Target, args: &[&str], first_step: &str) -> st
         target.signal("USR1");
     }
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    let status = wait_with_timeout(&mut tool, Duration::from_secs(60));
+    let status = wait_with_timeout(&mut tool, Duration::from_secs(180));
     let mut stdout = String::new();
     std::io::Read::read_to_string(tool.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     std::process::Output {

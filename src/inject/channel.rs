@@ -155,8 +155,14 @@ impl Channel {
     }
 
     /// Waits until `deadline` for the target to connect, checks that it is the target, and reads
-    /// its reply (at most `max_reply` bytes). None when nobody connected in time.
-    pub fn receive(&self, deadline: Instant, max_reply: usize) -> std::io::Result<Option<Vec<u8>>> {
+    /// its reply (at most `max_reply` bytes, within `reply_allowance` of the connection). None
+    /// when nobody connected in time.
+    pub fn receive(
+        &self,
+        deadline: Instant,
+        reply_allowance: Duration,
+        max_reply: usize,
+    ) -> std::io::Result<Option<Vec<u8>>> {
         let stream = loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -176,13 +182,10 @@ impl Channel {
             }
         };
         stream.set_nonblocking(false)?;
-        // The helper runs between connect and reply: give it the rest of the time, at least 1 s.
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        Ok(Some(read_reply(
-            &stream,
-            remaining.max(Duration::from_secs(1)),
-            max_reply,
-        )?))
+        // The helper is running now, between its connect and its reply: a snapshot of a large
+        // heap in a target whose threads hold the GIL can take many seconds, so it gets its own
+        // allowance rather than what is left of the wait for it to start.
+        Ok(Some(read_reply(&stream, reply_allowance, max_reply)?))
     }
 }
 

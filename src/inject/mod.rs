@@ -77,6 +77,10 @@ impl Default for Options {
     }
 }
 
+/// How long a helper that has started (connected back) may take to reply, at least: snapshots of
+/// a large heap under GIL contention took over 10 s on this machine.
+const MIN_REPLY_ALLOWANCE: Duration = Duration::from_secs(60);
+
 /// What one injection measured, besides the reply.
 #[derive(Debug, Clone)]
 pub struct Timing {
@@ -380,9 +384,18 @@ pub fn run_helper_with_fallback(
         );
     let held = queue_pending_call(pid, &interpreter, &snippet, options.nudge_lock_waits)?;
     let deadline = started + options.timeout;
+    let reply_allowance = options.timeout.max(MIN_REPLY_ALLOWANCE);
     let reply = channel
-        .receive(deadline, options.max_reply)
-        .map_err(|err| helper_error(format!("the {} helper's reply failed: {err}", helper.name)))?;
+        .receive(deadline, reply_allowance, options.max_reply)
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => helper_error(format!(
+                "the {} helper started in PID {pid} but did not reply within {:.0} s; it finishes \
+                 on its own (its reply goes nowhere)",
+                helper.name,
+                reply_allowance.as_secs_f64()
+            )),
+            _ => helper_error(format!("the {} helper's reply failed: {err}", helper.name)),
+        })?;
     let Some(reply) = reply else {
         return Err(if crate::target::is_alive(pid) {
             helper_error(format!(
