@@ -188,7 +188,6 @@ fn tracemalloc(args: TracemallocArgs) -> Result<()> {
         frames: args.frames,
         granularity: args.granularity,
         top: args.top,
-        json: args.json.clone(),
         timeout: args.timeout,
     };
     let result = pymemtrace::tracemalloc::compare(&options, &stop);

@@ -117,11 +117,10 @@ fn target_ids(pid: i32) -> Result<(u32, u32)> {
     }
 }
 
-/// The addresses to call, from the interpreter's symbols, and its version.
+/// The addresses to call, from the interpreter's symbols.
 struct Interpreter {
     add_pending_call: u64,
     run_simple_string: u64,
-    version: (u64, u64),
 }
 
 fn find_interpreter(pid: i32) -> Result<Interpreter> {
@@ -160,7 +159,6 @@ fn find_interpreter(pid: i32) -> Result<Interpreter> {
         (Some(add_pending_call), Some(run_simple_string)) => Ok(Interpreter {
             add_pending_call,
             run_simple_string,
-            version,
         }),
         _ => Err(Error::new(
             ErrorKind::NotPython,
@@ -366,7 +364,6 @@ pub fn run_helper_with_fallback(
     let started = Instant::now();
     crate::target::check_process(pid)?;
     let interpreter = find_interpreter(pid)?;
-    let _ = interpreter.version;
     let (uid, gid) = target_ids(pid)?;
     let channel = channel::Channel::open(pid, uid, gid).map_err(|err| {
         helper_error(format!(

@@ -2,7 +2,6 @@
 //! with tracemalloc's own memory compensated for, and the target put back as it was.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +41,6 @@ pub struct TracemallocOptions {
     pub frames: u32,
     pub granularity: Granularity,
     pub top: usize,
-    pub json: Option<PathBuf>,
     pub timeout: f64,
 }
 
