@@ -209,22 +209,17 @@ impl Held {
                     return Err(PtraceError::Exited);
                 }
                 status if wanted(&status) => return Ok(status),
-                WaitStatus::Stopped(_, signal) => {
-                    // A signal for the target: keep it for later, and carry on.
-                    self.held_back.push(signal);
+                other => {
+                    // A signal for the target is kept for after the detach; group stops and other
+                    // events are passed over. Either way the thread goes on as it was going.
+                    if let WaitStatus::Stopped(_, signal) = other {
+                        self.held_back.push(signal);
+                    }
                     let resumed = match resume {
                         Resume::Continue => ptrace::cont(self.tid, None),
                         Resume::Step => ptrace::step(self.tid, None),
                     };
-                    resumed.map_err(|e| failed("resuming after a signal", e))?;
-                }
-                _ => {
-                    // Group stops and other events: resume and keep waiting.
-                    let resumed = match resume {
-                        Resume::Continue => ptrace::cont(self.tid, None),
-                        Resume::Step => ptrace::step(self.tid, None),
-                    };
-                    resumed.map_err(|e| failed("resuming after an event", e))?;
+                    resumed.map_err(|e| failed("resuming after an unrelated stop", e))?;
                 }
             }
         }
