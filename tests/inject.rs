@@ -135,134 +135,110 @@ fn check_target_output(rest: &str) -> Result<(), String> {
     }
 }
 
-#[test]
-fn tracemalloc_finds_the_allocating_line_in_every_state() {
-    let _serial = serial();
-    let line = line_of(FIXTURE, "kept.append(b\"k\"");
+/// Runs `tool` against a fresh target in each of `modes` on every injectable interpreter: the tool
+/// starts, the target allocates once the tool's first step is done (`first_step` on its stderr),
+/// `judge` checks the tool's output and JSON, and the target must then finish with its own output
+/// untouched and nothing left in /tmp. Fails with every failing case listed.
+fn on_every_state(
+    tool: &str,
+    modes: &[&str],
+    duration: &str,
+    first_step: &str,
+    judge: impl Fn(&std::process::Output, &serde_json::Value) -> Result<String, String>,
+) {
     let pythons = injectable();
     assert!(!pythons.is_empty(), "no interpreter 3.8 or later");
     let mut failures = Vec::new();
     for python in &pythons {
-        for mode in ["busy", "sleep", "lock", "stdin", "threads"] {
-            let scratch = Scratch::new("tracemalloc");
-            let json = scratch.path("tm.json");
+        for &mode in modes {
+            let scratch = Scratch::new(tool);
+            let json = scratch.path("result.json");
             let target = Target::start(python, mode, &[]);
             let pid = target.pid();
             let output = run_around_allocation(
                 &target,
-                &[
-                    "tracemalloc",
-                    "--pid",
-                    &pid,
-                    "--duration",
-                    "1.5",
-                    "--json",
-                    &json,
-                ],
-                "first snapshot taken",
+                &[tool, "--pid", &pid, "--duration", duration, "--json", &json],
+                first_step,
             );
-            let verdict = (|| {
-                if !output.status.success() {
-                    return Err(format!(
-                        "exit {}: {}",
-                        output.status,
-                        String::from_utf8_lossy(&output.stderr)
-                    ));
-                }
-                let result = read_json(&json);
-                let top = &result["top"][0];
-                let (file, at) = (
-                    top["frames"][0][0].as_str().unwrap_or(""),
-                    top["frames"][0][1].as_i64().unwrap_or(0),
-                );
-                let grown = top["size_diff"].as_f64().unwrap_or(0.0);
-                if !file.ends_with(FIXTURE)
-                    || at != line
-                    || (grown - KNOWN_BYTES).abs() > 0.1 * KNOWN_BYTES
-                {
-                    return Err(format!(
-                        "top group {file}:{at} grew {grown} B, truth line {line} {KNOWN_BYTES} B"
-                    ));
-                }
-                if result["started_by_us"] != true {
-                    return Err("tracemalloc reported as already running".into());
-                }
-                Ok(format!("line {at} +{:.2} MB", grown / 1e6))
-            })();
+            let verdict = if output.status.success() {
+                judge(&output, &read_json(&json))
+            } else {
+                Err(format!(
+                    "exit {}: {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr)
+                ))
+            };
             let finished = target.finish().and_then(|rest| check_target_output(&rest));
             let left = leftovers();
             match (verdict, finished) {
                 (Ok(figures), Ok(())) if left.is_empty() => {
-                    eprintln!("tracemalloc [{}] {mode} ok: {figures}", python.label)
+                    eprintln!("{tool} [{}] {mode} ok: {figures}", python.label)
                 }
                 (verdict, finished) => {
                     let why = format!("{verdict:?} / target {finished:?} / left in /tmp {left:?}");
-                    eprintln!("tracemalloc [{}] {mode} FAILED: {why}", python.label);
+                    eprintln!("{tool} [{}] {mode} FAILED: {why}", python.label);
                     failures.push(format!("{} {mode}: {why}", python.label));
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "failed: {failures:#?}");
+    assert!(failures.is_empty(), "{tool} failed: {failures:#?}");
+}
+
+#[test]
+fn tracemalloc_finds_the_allocating_line_in_every_state() {
+    let _serial = serial();
+    let line = line_of(FIXTURE, "kept.append(b\"k\"");
+    on_every_state(
+        "tracemalloc",
+        &["busy", "sleep", "lock", "stdin", "threads"],
+        "1.5",
+        "first snapshot taken",
+        |_, result| {
+            let top = &result["top"][0];
+            let (file, at) = (
+                top["frames"][0][0].as_str().unwrap_or(""),
+                top["frames"][0][1].as_i64().unwrap_or(0),
+            );
+            let grown = top["size_diff"].as_f64().unwrap_or(0.0);
+            if !file.ends_with(FIXTURE)
+                || at != line
+                || (grown - KNOWN_BYTES).abs() > 0.1 * KNOWN_BYTES
+            {
+                return Err(format!(
+                    "top group {file}:{at} grew {grown} B, truth line {line} {KNOWN_BYTES} B"
+                ));
+            }
+            if result["started_by_us"] != true {
+                return Err("tracemalloc reported as already running".into());
+            }
+            Ok(format!("line {at} +{:.2} MB", grown / 1e6))
+        },
+    );
 }
 
 #[test]
 fn mallocstats_sees_the_small_objects() {
     let _serial = serial();
-    let mut failures = Vec::new();
-    for python in &injectable() {
-        for mode in ["sleep", "lock", "threads"] {
-            let scratch = Scratch::new("mallocstats");
-            let json = scratch.path("ms.json");
-            let target = Target::start(python, mode, &[]);
-            let pid = target.pid();
-            let output = run_around_allocation(
-                &target,
-                &[
-                    "mallocstats",
-                    "--pid",
-                    &pid,
-                    "--duration",
-                    "1",
-                    "--json",
-                    &json,
-                ],
-                "first capture taken",
-            );
-            let verdict = (|| {
-                if !output.status.success() {
-                    return Err(format!(
-                        "exit {}: {}",
-                        output.status,
-                        String::from_utf8_lossy(&output.stderr)
-                    ));
-                }
-                let result = read_json(&json);
-                let allocated = result["summary"]["allocated_bytes"].as_f64().unwrap_or(0.0);
-                // 100,000 2-tuples of two ints: at least 5 MB of small blocks in every version.
-                if allocated < 5e6 {
-                    return Err(format!("allocated blocks grew {allocated} B"));
-                }
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                if !stdout.contains("# bytes in allocated blocks") {
-                    return Err(format!("no allocated-blocks line in:\n{stdout}"));
-                }
-                Ok(format!("allocated blocks +{:.1} MB", allocated / 1e6))
-            })();
-            let finished = target.finish().and_then(|rest| check_target_output(&rest));
-            match (verdict, finished) {
-                (Ok(figures), Ok(())) if leftovers().is_empty() => {
-                    eprintln!("mallocstats [{}] {mode} ok: {figures}", python.label)
-                }
-                (verdict, finished) => {
-                    let why = format!("{verdict:?} / target {finished:?} / left {:?}", leftovers());
-                    eprintln!("mallocstats [{}] {mode} FAILED: {why}", python.label);
-                    failures.push(format!("{} {mode}: {why}", python.label));
-                }
+    on_every_state(
+        "mallocstats",
+        &["sleep", "lock", "threads"],
+        "1",
+        "first capture taken",
+        |output, result| {
+            let allocated = result["summary"]["allocated_bytes"].as_f64().unwrap_or(0.0);
+            // 100,000 2-tuples of two ints: at least 5 MB of small blocks in every version.
+            if allocated < 5e6 {
+                return Err(format!("allocated blocks grew {allocated} B"));
             }
-        }
-    }
-    assert!(failures.is_empty(), "failed: {failures:#?}");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            if !stdout.contains("# bytes in allocated blocks") {
+                return Err(format!("no allocated-blocks line in:\n{stdout}"));
+            }
+            Ok(format!("allocated blocks +{:.1} MB", allocated / 1e6))
+        },
+    );
 }
 
 /// tracemalloc already running (-X tracemalloc=5) is used and left running; a target that exits
