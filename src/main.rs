@@ -105,6 +105,10 @@ struct TracemallocArgs {
     /// Seconds to wait for each helper to run (the main thread must reach Python code).
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     timeout: f64,
+    /// How the helper gets in: auto (a direct call when the main thread waits in a blocking call
+    /// without the GIL, else a pending call), pending, direct, or gdb.
+    #[arg(long, value_enum, default_value_t = pymemtrace::inject::Method::Auto)]
+    method: pymemtrace::inject::Method,
 }
 
 #[derive(Args)]
@@ -124,6 +128,10 @@ struct MallocstatsArgs {
     /// Seconds to wait for each helper to run (the main thread must reach Python code).
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     timeout: f64,
+    /// How the helper gets in: auto (a direct call when the main thread waits in a blocking call
+    /// without the GIL, else a pending call), pending, direct, or gdb.
+    #[arg(long, value_enum, default_value_t = pymemtrace::inject::Method::Auto)]
+    method: pymemtrace::inject::Method,
 }
 
 fn positive_seconds(name: &str, value: Option<f64>) -> Result<()> {
@@ -189,6 +197,7 @@ fn tracemalloc(args: TracemallocArgs) -> Result<()> {
         granularity: args.granularity,
         top: args.top,
         timeout: args.timeout,
+        method: args.method,
     };
     let result = pymemtrace::tracemalloc::compare(&options, &stop);
     let result = match result {
@@ -220,6 +229,7 @@ fn mallocstats(args: MallocstatsArgs) -> Result<()> {
         args.pid,
         args.duration,
         args.timeout,
+        args.method,
         &stop,
     ) {
         Ok(captures) => captures,
@@ -265,6 +275,10 @@ struct PingArgs {
     /// Seconds to wait for the reply.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     timeout: f64,
+    /// How the helper gets in: auto (a direct call when the main thread waits in a blocking call
+    /// without the GIL, else a pending call), pending, direct, or gdb.
+    #[arg(long, value_enum, default_value_t = pymemtrace::inject::Method::Auto)]
+    method: pymemtrace::inject::Method,
 }
 
 fn ping(args: PingArgs) -> Result<()> {
@@ -275,6 +289,7 @@ fn ping(args: PingArgs) -> Result<()> {
     }
     let options = pymemtrace::inject::Options {
         timeout: Duration::from_secs_f64(args.timeout),
+        method: args.method,
         ..Default::default()
     };
     let request = serde_json::json!({"echo": "pymemtrace"});
@@ -286,6 +301,7 @@ fn ping(args: PingArgs) -> Result<()> {
             "reply": reply,
             "held_seconds": timing.held.as_secs_f64(),
             "round_trip_seconds": timing.round_trip.as_secs_f64(),
+            "delivery": timing.delivery.to_string(),
         })
     );
     Ok(())

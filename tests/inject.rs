@@ -29,11 +29,13 @@ struct Target {
 }
 
 impl Target {
+    /// Starts the fixture in `mode` ("nap 4" passes the seconds too; "stdin-silent" is stdin
+    /// with nothing ever written, so the main thread stays blocked in read).
     fn start(python: &Interpreter, mode: &str, extra: &[&str]) -> Target {
         let mut child = Command::new(&python.path)
             .args(extra)
             .arg(fixture(FIXTURE))
-            .arg(mode)
+            .args(mode.trim_end_matches("-silent").split(' '))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -141,6 +143,7 @@ fn check_target_output(rest: &str) -> Result<(), String> {
 /// untouched and nothing left in /tmp. Fails with every failing case listed.
 fn on_every_state(
     tool: &str,
+    extra_args: &[&str],
     modes: &[&str],
     duration: &str,
     first_step: &str,
@@ -157,7 +160,11 @@ fn on_every_state(
             let pid = target.pid();
             let output = run_around_allocation(
                 &target,
-                &[tool, "--pid", &pid, "--duration", duration, "--json", &json],
+                &[
+                    &[tool, "--pid", &pid, "--duration", duration, "--json", &json],
+                    extra_args,
+                ]
+                .concat(),
                 first_step,
             );
             let verdict = if output.status.success() {
@@ -186,36 +193,223 @@ fn on_every_state(
     assert!(failures.is_empty(), "{tool} failed: {failures:#?}");
 }
 
+/// The top group must be the fixture's allocating line with its known size, and tracemalloc
+/// must have been started by this run.
+fn judge_tracemalloc(result: &serde_json::Value, line: i64) -> Result<String, String> {
+    let top = &result["top"][0];
+    let (file, at) = (
+        top["frames"][0][0].as_str().unwrap_or(""),
+        top["frames"][0][1].as_i64().unwrap_or(0),
+    );
+    let grown = top["size_diff"].as_f64().unwrap_or(0.0);
+    if !file.ends_with(FIXTURE) || at != line || (grown - KNOWN_BYTES).abs() > 0.1 * KNOWN_BYTES {
+        return Err(format!(
+            "top group {file}:{at} grew {grown} B, truth line {line} {KNOWN_BYTES} B"
+        ));
+    }
+    if result["started_by_us"] != true {
+        return Err("tracemalloc reported as already running".into());
+    }
+    Ok(format!(
+        "line {at} +{:.2} MB via {}",
+        grown / 1e6,
+        result["injection_methods"]
+    ))
+}
+
 #[test]
 fn tracemalloc_finds_the_allocating_line_in_every_state() {
     let _serial = serial();
     let line = line_of(FIXTURE, "kept.append(b\"k\"");
     on_every_state(
         "tracemalloc",
+        &[],
         &["busy", "sleep", "lock", "stdin", "threads"],
         "1.5",
         "first snapshot taken",
+        |_, result| judge_tracemalloc(result, line),
+    );
+}
+
+/// gdb on PATH, or (outside CI) None with a note that the test is skipped.
+fn gdb_present() -> bool {
+    let found = Command::new("gdb")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(!in_ci(), "gdb is missing (CI installs it)");
+        eprintln!("skipping: gdb not found on PATH");
+    }
+    found
+}
+
+#[test]
+fn tracemalloc_through_gdb() {
+    let _serial = serial();
+    if !gdb_present() {
+        return;
+    }
+    let line = line_of(FIXTURE, "kept.append(b\"k\"");
+    on_every_state(
+        "tracemalloc",
+        &["--method", "gdb"],
+        &["busy", "threads"],
+        "1.5",
+        "first snapshot taken",
         |_, result| {
-            let top = &result["top"][0];
-            let (file, at) = (
-                top["frames"][0][0].as_str().unwrap_or(""),
-                top["frames"][0][1].as_i64().unwrap_or(0),
-            );
-            let grown = top["size_diff"].as_f64().unwrap_or(0.0);
-            if !file.ends_with(FIXTURE)
-                || at != line
-                || (grown - KNOWN_BYTES).abs() > 0.1 * KNOWN_BYTES
-            {
-                return Err(format!(
-                    "top group {file}:{at} grew {grown} B, truth line {line} {KNOWN_BYTES} B"
-                ));
+            let methods = &result["injection_methods"];
+            if methods[0] != "pending call queued by gdb" || methods[1] != methods[0] {
+                return Err(format!("delivered by {methods}, not by gdb"));
             }
-            if result["started_by_us"] != true {
-                return Err("tracemalloc reported as already running".into());
-            }
-            Ok(format!("line {at} +{:.2} MB", grown / 1e6))
+            judge_tracemalloc(result, line)
         },
     );
+}
+
+fn ping(pid: &str, args: &[&str]) -> std::process::Output {
+    tool()
+        .args(["ping", "--pid", pid])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The next line the target prints.
+fn next_line(target: &mut Target) -> String {
+    let mut line = String::new();
+    let stdout = target.child.stdout.as_mut().unwrap();
+    // Byte by byte, so nothing after the line is taken from the pipe.
+    let mut byte = [0u8];
+    while std::io::Read::read(stdout, &mut byte).unwrap_or(0) == 1 {
+        line.push(byte[0] as char);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    line
+}
+
+/// A main thread in a long sleep or a read that never returns: the default method calls the
+/// helper at once (a direct call), the sleep still lasts exactly as long as asked, the read still
+/// gets its line, and nothing is left behind. `--method pending` waits instead and says why;
+/// `--method direct` refuses a busy main thread.
+#[test]
+fn a_main_thread_asleep_or_reading_gets_a_direct_call() {
+    let _serial = serial();
+    let mut failures = Vec::new();
+    for python in injectable() {
+        let label = &python.label;
+        let mut check = |case: &str, result: Result<String, String>| match result {
+            Ok(figures) if leftovers().is_empty() => eprintln!("[{label}] {case} ok: {figures}"),
+            Ok(_) => failures.push(format!("{label} {case}: left in /tmp {:?}", leftovers())),
+            Err(why) => failures.push(format!("{label} {case}: {why}")),
+        };
+        let direct = |output: &std::process::Output, syscall_kinds: &[&str]| {
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let reply: serde_json::Value = serde_json::from_str(stdout.trim())
+                .map_err(|_| format!("no reply: {}", String::from_utf8_lossy(&output.stderr)))?;
+            let delivery = reply["delivery"].as_str().unwrap_or("");
+            if !delivery.starts_with("direct call")
+                || !syscall_kinds.iter().any(|k| delivery.contains(k))
+                || reply["reply"]["thread"] != "MainThread"
+            {
+                return Err(format!("not a direct call in the main thread: {reply}"));
+            }
+            Ok(format!(
+                "{delivery} in {:.1} ms",
+                reply["round_trip_seconds"].as_f64().unwrap_or(0.0) * 1e3
+            ))
+        };
+
+        // A 4 s sleep: the helper replies well inside the nap, which then ends on time.
+        let mut target = Target::start(&python, "nap 4", &[]);
+        std::thread::sleep(Duration::from_millis(300));
+        let output = ping(&target.pid(), &["--timeout", "2"]);
+        let replied = direct(&output, &["select", "clock_nanosleep"]);
+        let slept = next_line(&mut target);
+        let slept_seconds: f64 = slept
+            .trim()
+            .strip_prefix("slept ")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        check(
+            "nap",
+            replied.and_then(|figures| {
+                if (4.0..4.5).contains(&slept_seconds) {
+                    Ok(format!(
+                        "{figures}; the 4 s sleep took {slept_seconds:.3} s"
+                    ))
+                } else {
+                    Err(format!("the 4 s sleep took {slept:?}"))
+                }
+            }),
+        );
+        drop(target);
+
+        // A read with nothing to read: the helper runs; the read then gets its line.
+        let mut target = Target::start(&python, "stdin-silent", &[]);
+        std::thread::sleep(Duration::from_millis(300));
+        let output = ping(&target.pid(), &["--timeout", "2"]);
+        let replied = direct(&output, &["read"]);
+        let mut stdin = target.child.stdin.take().unwrap();
+        stdin.write_all(b"one line\n").unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let rest = target.finish();
+        check(
+            "read",
+            replied.and_then(|figures| match rest {
+                Ok(rest) if rest == "result 1 kept 0\n" => {
+                    Ok(format!("{figures}; the read then got its line"))
+                }
+                other => Err(format!("the target then printed {other:?}")),
+            }),
+        );
+        drop(stdin);
+
+        // --method pending: the helper waits for the nap to end; the tool says so and leaves.
+        let mut target = Target::start(&python, "nap 3", &[]);
+        std::thread::sleep(Duration::from_millis(300));
+        let output = ping(&target.pid(), &["--timeout", "1", "--method", "pending"]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let slept = next_line(&mut target);
+        check(
+            "pending",
+            if output.status.code() == Some(10)
+                && (stderr.contains("blocked in sleep") || stderr.contains("blocked in pselect"))
+                && stderr.contains("stays queued")
+                && slept.starts_with("slept 3.")
+            {
+                Ok(format!("exit 10 and then {}", slept.trim()))
+            } else {
+                Err(format!("{}: {stderr} / target: {slept:?}", output.status))
+            },
+        );
+        drop(target);
+
+        // --method direct on a busy main thread: refused, nothing done.
+        let target = Target::start(&python, "busy", &[]);
+        let output = ping(&target.pid(), &["--method", "direct"]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let rest = target.finish();
+        check(
+            "direct refused",
+            match rest {
+                Ok(rest)
+                    if output.status.code() == Some(10)
+                        && stderr.contains("refused")
+                        && rest.starts_with("result ")
+                        && rest.ends_with(" kept 0\n") =>
+                {
+                    Ok("exit 10, the target went on".into())
+                }
+                rest => Err(format!("{}: {stderr} / target {rest:?}", output.status)),
+            },
+        );
+    }
+    assert!(failures.is_empty(), "failures: {failures:#?}");
 }
 
 #[test]
@@ -223,6 +417,7 @@ fn mallocstats_sees_the_small_objects() {
     let _serial = serial();
     on_every_state(
         "mallocstats",
+        &[],
         &["sleep", "lock", "threads"],
         "1",
         "first capture taken",
@@ -435,8 +630,17 @@ fn a_hostile_target_cannot_forge_flood_or_redirect() {
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         assert_eq!(line, "ready\n");
-        let output =
-            run_to_end(tool().args(["ping", "--pid", &target.id().to_string(), "--timeout", "2"]));
+        // A pending call: the main thread sleeps, so the genuine helper never runs in time and
+        // the attacker has the channel to itself (a direct call would answer first).
+        let output = run_to_end(tool().args([
+            "ping",
+            "--pid",
+            &target.id().to_string(),
+            "--timeout",
+            "2",
+            "--method",
+            "pending",
+        ]));
         let mut attacked = String::new();
         stdout.read_line(&mut attacked).unwrap();
         let _ = target.kill();

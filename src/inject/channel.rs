@@ -11,6 +11,7 @@ use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A listening socket in `/tmp/pymemtrace-XXXXXXXX/s` as the target sees it.
@@ -154,6 +155,41 @@ impl Channel {
         }
     }
 
+    /// Writes `content` to a new file `name` in the private directory, readable by the target's
+    /// user only, and returns its path as the target sees it. O_EXCL|O_NOFOLLOW: the directory is
+    /// already the target user's, so nothing planted there is followed or overwritten.
+    pub fn write_file(
+        &self,
+        name: &str,
+        content: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> std::io::Result<String> {
+        let c_name = CString::new(name).expect("no NUL in a fixed name");
+        // SAFETY: openat with a valid dirfd and NUL-terminated name; the fd is owned below.
+        let fd = unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                c_name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o400,
+            )
+        };
+        if fd < 0 {
+            return Err(os_error(&format!(
+                "cannot create {name} in the private directory"
+            )));
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        std::io::Write::write_all(&mut file, content)?;
+        // SAFETY: fchown on a descriptor we own.
+        if unsafe { libc::fchown(file.as_raw_fd(), uid, gid) } != 0 {
+            return Err(os_error("cannot give the file to the target's user"));
+        }
+        Ok(format!("{}/{name}", self.target_dir))
+    }
+
     /// Waits until `deadline` for the target to connect, checks that it is the target, and reads
     /// its reply (at most `max_reply` bytes, within `reply_allowance` of the connection). None
     /// when nobody connected in time.
@@ -162,6 +198,7 @@ impl Channel {
         deadline: Instant,
         reply_allowance: Duration,
         max_reply: usize,
+        cancel: &AtomicBool,
     ) -> std::io::Result<Option<Vec<u8>>> {
         let stream = loop {
             match self.listener.accept() {
@@ -173,7 +210,7 @@ impl Channel {
                     continue;
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() >= deadline {
+                    if Instant::now() >= deadline || cancel.load(Ordering::Relaxed) {
                         return Ok(None);
                     }
                     std::thread::sleep(Duration::from_millis(1));
@@ -233,11 +270,16 @@ fn peer_pid(stream: &UnixStream) -> Option<i32> {
     (rc == 0).then_some(credentials.pid)
 }
 
+/// The names the tool itself creates in the private directory: the socket and a PEP 768 script.
+pub const SCRIPT_NAME: &str = "helper.py";
+
 fn remove_contents(dir: &OwnedFd) {
-    let name = CString::new("s").expect("no NUL");
-    // SAFETY: unlinkat of a name in our own directory.
-    unsafe {
-        libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0);
+    for name in ["s", SCRIPT_NAME] {
+        let name = CString::new(name).expect("no NUL");
+        // SAFETY: unlinkat of a name in our own directory.
+        unsafe {
+            libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0);
+        }
     }
 }
 

@@ -12,9 +12,12 @@
 //! Nothing is installed in the target; the helper sees only what it is sent.
 
 mod channel;
+pub mod debug_offsets;
+mod gdb;
 mod marshal;
 mod ptrace;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -65,6 +68,8 @@ pub struct Options {
     pub max_reply: usize,
     /// Make a main thread waiting on a lock (futex) return EINTR so the helper runs at once.
     pub nudge_lock_waits: bool,
+    /// How the helper gets in.
+    pub method: Method,
 }
 
 impl Default for Options {
@@ -73,6 +78,7 @@ impl Default for Options {
             timeout: Duration::from_secs(10),
             max_reply: 64 << 20,
             nudge_lock_waits: true,
+            method: Method::Auto,
         }
     }
 }
@@ -88,6 +94,8 @@ pub struct Timing {
     pub held: Duration,
     /// From the start to the reply.
     pub round_trip: Duration,
+    /// How the helper got in.
+    pub delivery: Delivery,
 }
 
 fn helper_error(message: impl Into<String>) -> Error {
@@ -119,8 +127,19 @@ fn target_ids(pid: i32) -> Result<(u32, u32)> {
 
 /// The addresses to call, from the interpreter's symbols.
 struct Interpreter {
+    /// Python 3.14+: the helper goes in through PEP 768's remote execution, not a call.
+    remote_exec: bool,
     add_pending_call: u64,
     run_simple_string: u64,
+    /// For a direct call (3.4+).
+    gil: Option<GilFunctions>,
+}
+
+#[derive(Clone, Copy)]
+struct GilFunctions {
+    check: u64,
+    ensure: u64,
+    release: u64,
 }
 
 fn find_interpreter(pid: i32) -> Result<Interpreter> {
@@ -145,20 +164,31 @@ fn find_interpreter(pid: i32) -> Result<Interpreter> {
             )
         })?;
     if version >= (3, 14) {
-        return Err(Error::new(
-            ErrorKind::UnsupportedVersion,
-            format!(
-                "PID {pid} runs Python {}.{}: injection there goes through PEP 768's remote \
-                 debugging protocol, which this build does not have yet",
-                version.0, version.1
-            ),
-        ));
+        return Ok(Interpreter {
+            remote_exec: true,
+            add_pending_call: 0,
+            run_simple_string: 0,
+            gil: None,
+        });
     }
     let symbol = |name: &str| info.get_symbol(name).copied();
     match (symbol("Py_AddPendingCall"), symbol("PyRun_SimpleString")) {
         (Some(add_pending_call), Some(run_simple_string)) => Ok(Interpreter {
+            remote_exec: false,
             add_pending_call,
             run_simple_string,
+            gil: match (
+                symbol("PyGILState_Check"),
+                symbol("PyGILState_Ensure"),
+                symbol("PyGILState_Release"),
+            ) {
+                (Some(check), Some(ensure), Some(release)) => Some(GilFunctions {
+                    check,
+                    ensure,
+                    release,
+                }),
+                _ => None,
+            },
         }),
         _ => Err(Error::new(
             ErrorKind::NotPython,
@@ -266,17 +296,146 @@ fn ptrace_error(pid: i32, err: PtraceError) -> Error {
     }
 }
 
-/// Queues `snippet` as a pending call in the main thread of `pid`. Returns how long the thread
-/// was held.
-fn queue_pending_call(
+/// How a helper gets into the target (`--method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Method {
+    /// A direct call when the main thread waits in a blocking call without the GIL, else a
+    /// pending call.
+    #[default]
+    Auto,
+    /// Always a pending call: runs when the main thread next runs Python code.
+    Pending,
+    /// Only a direct call, and only in the state where it is safe; otherwise refuse.
+    Direct,
+    /// A pending call queued by gdb (where gdb is installed): slower, stops every thread while
+    /// gdb is attached.
+    Gdb,
+}
+
+/// How the helper was delivered, for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued with Py_AddPendingCall; the main thread ran it at a bytecode boundary.
+    Pending,
+    /// Run at once by a direct call in the main thread, which was blocked in this system call.
+    Direct(&'static str),
+    /// Queued with Py_AddPendingCall by gdb.
+    Gdb,
+    /// Requested through PEP 768 (Python 3.14+): the interpreter runs the script file itself.
+    RemoteExec,
+}
+
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Delivery::Pending => f.write_str("pending call"),
+            Delivery::Direct(syscall) => write!(f, "direct call (main thread was in {syscall})"),
+            Delivery::Gdb => f.write_str("pending call queued by gdb"),
+            Delivery::RemoteExec => f.write_str("PEP 768 remote execution"),
+        }
+    }
+}
+
+/// Blocking calls made with the GIL released, after which CPython code runs again: a direct call
+/// is safe while the main thread waits in one of these (../shared/notes/injection.md).
+fn direct_call_syscall_name(number: u64) -> Option<&'static str> {
+    Some(match number {
+        0 => "read",
+        7 => "poll",
+        17 => "pread64",
+        19 => "readv",
+        23 => "select",
+        43 => "accept",
+        45 => "recvfrom",
+        47 => "recvmsg",
+        61 => "wait4",
+        230 => "clock_nanosleep",
+        270 => "pselect6",
+        271 => "ppoll",
+        288 => "accept4",
+        _ => return None,
+    })
+}
+
+/// TIMER_ABSTIME in clock_nanosleep's flags (its second argument).
+const TIMER_ABSTIME: u64 = 1;
+
+/// Whether the held main thread is where a direct call is safe: in a blocking call from the list
+/// above, that the kernel restarts without its restart block (or a sleep to an absolute deadline,
+/// which we re-issue ourselves), and not holding the GIL. Returns the syscall's name and how to
+/// release the thread afterwards, or why not.
+fn direct_call_state(
+    held: &mut ptrace::Held,
+    interpreter: &Interpreter,
+) -> std::result::Result<(&'static str, ptrace::AfterRelease), String> {
+    let Some(gil) = interpreter.gil else {
+        return Err("this interpreter has no PyGILState_Check".into());
+    };
+    let Some(number) = held.interrupted_syscall() else {
+        return Err("the main thread is not waiting in a system call".into());
+    };
+    let Some(name) = direct_call_syscall_name(number) else {
+        return Err(format!(
+            "the main thread waits in system call {number}, not a read, sleep, select, poll, \
+             accept or wait"
+        ));
+    };
+    let registers = held.saved_registers();
+    let after = if -(registers.rax as i64) == ptrace::ERESTART_RESTARTBLOCK {
+        // Restarted through the thread's restart block, which a timed wait of our own (the GIL)
+        // can overwrite if a signal lands in it. Only an absolute sleep can be re-issued as is.
+        if number == ptrace::SYS_CLOCK_NANOSLEEP && registers.rsi & TIMER_ABSTIME != 0 {
+            ptrace::AfterRelease::Reissue
+        } else {
+            return Err(format!(
+                "the main thread's {name} has a relative timeout that only the kernel can resume"
+            ));
+        }
+    } else {
+        ptrace::AfterRelease::Restart
+    };
+    match held.call(gil.check, 0, 0, ptrace::CALL_TIMEOUT) {
+        Ok(0) => Ok((name, after)),
+        Ok(_) => Err(format!("the main thread holds the GIL while in {name}")),
+        Err(err) => Err(format!("PyGILState_Check failed: {err}")),
+    }
+}
+
+/// Delivers `snippet` to the main thread of `pid` as `options.method` says. With a direct call,
+/// returns after the snippet has run. Returns how, how long the thread was held, and (for a
+/// pending call) why it was not a direct one.
+fn deliver(
     pid: i32,
     interpreter: &Interpreter,
     snippet: &str,
-    nudge: bool,
-) -> Result<Duration> {
-    let _blocked = SignalsBlocked::new();
+    options: &Options,
+    reply_allowance: Duration,
+    channel: &channel::Channel,
+) -> Result<(Delivery, Duration, String)> {
     let started = Instant::now();
+    if interpreter.remote_exec {
+        return remote_exec(pid, snippet, options, channel)
+            .map(|()| (Delivery::RemoteExec, started.elapsed(), "PEP 768".into()));
+    }
+    if options.method == Method::Gdb {
+        gdb::queue_pending_call(pid, snippet)?;
+        return Ok((Delivery::Gdb, started.elapsed(), "--method gdb".into()));
+    }
+    let _blocked = SignalsBlocked::new();
     let mut held = ptrace::seize(pid).map_err(|e| ptrace_error(pid, e))?;
+    let mut not_direct = format!("--method {:?}", options.method).to_lowercase();
+    let direct = match options.method {
+        Method::Pending | Method::Gdb => None,
+        Method::Auto => direct_call_state(&mut held, interpreter)
+            .map_err(|why| not_direct = why)
+            .ok(),
+        Method::Direct => Some(direct_call_state(&mut held, interpreter).map_err(|why| {
+            helper_error(format!(
+                "--method direct refused for PID {pid}: {why}; nothing was done (try --method \
+                 auto)"
+            ))
+        })?),
+    };
     let syscall_at =
         ptrace::find_syscall_instruction(pid, &held).map_err(|e| ptrace_error(pid, e))?;
     let mut code = snippet.as_bytes().to_vec();
@@ -303,20 +462,77 @@ fn queue_pending_call(
         )));
     }
     ptrace::write_memory(pid, page, &code).map_err(|e| ptrace_error(pid, e))?;
+    if let (Some((syscall, after)), Some(gil)) = (direct, interpreter.gil) {
+        // The thread sits in a blocking call with the GIL released: take the GIL as any C
+        // extension thread would, run the bootstrap, give the GIL back, and free the page. The
+        // call lasts as long as the helper; it cannot be cut short, so wait for it.
+        let state = held
+            .call(gil.ensure, 0, 0, reply_allowance)
+            .map_err(|e| ptrace_error(pid, e))?;
+        held.call(
+            interpreter.run_simple_string,
+            page,
+            0,
+            reply_allowance + options.timeout,
+        )
+        .map_err(|e| ptrace_error(pid, e))?;
+        held.call(gil.release, state & 0xffff_ffff, 0, ptrace::CALL_TIMEOUT)
+            .map_err(|e| ptrace_error(pid, e))?;
+        held.syscall(syscall_at, ptrace::SYS_MUNMAP, [page, length, 0, 0, 0, 0])
+            .map_err(|e| ptrace_error(pid, e))?;
+        held.release(after).map_err(|e| ptrace_error(pid, e))?;
+        return Ok((Delivery::Direct(syscall), started.elapsed(), String::new()));
+    }
     let queued = held
         .call(
             interpreter.add_pending_call,
             interpreter.run_simple_string,
             page,
+            ptrace::CALL_TIMEOUT,
         )
         .map_err(|e| ptrace_error(pid, e))?;
-    held.release(nudge).map_err(|e| ptrace_error(pid, e))?;
+    let after = if options.nudge_lock_waits {
+        ptrace::AfterRelease::InterruptLockWait
+    } else {
+        ptrace::AfterRelease::Restart
+    };
+    held.release(after).map_err(|e| ptrace_error(pid, e))?;
     if queued as u32 as i32 != 0 {
         return Err(helper_error(format!(
             "PID {pid}'s interpreter refused the pending call (its queue of 32 is full): try again"
         )));
     }
-    Ok(started.elapsed())
+    Ok((Delivery::Pending, started.elapsed(), not_direct))
+}
+
+/// Python 3.14+: the bootstrap goes in a file in the private directory and the interpreter is
+/// asked, by memory writes only (PEP 768), to run it at its next bytecode boundary. No thread is
+/// stopped. Unverified against a real 3.14 here (none is installed): see docs/inject.md.
+fn remote_exec(
+    pid: i32,
+    snippet: &str,
+    options: &Options,
+    channel: &channel::Channel,
+) -> Result<()> {
+    if options.method != Method::Auto {
+        return Err(Error::usage(
+            format!(
+            "--method {:?} does not apply to PID {pid}: Python 3.14+ is reached through PEP 768's \
+             remote execution (use the default, --method auto)",
+            options.method
+        )
+            .to_lowercase(),
+        ));
+    }
+    let (uid, gid) = target_ids(pid)?;
+    let path = channel
+        .write_file(channel::SCRIPT_NAME, snippet.as_bytes(), uid, gid)
+        .map_err(|err| {
+            helper_error(format!(
+                "cannot write the helper script for PID {pid}: {err}"
+            ))
+        })?;
+    debug_offsets::request_remote_exec(pid, &path)
 }
 
 /// What the main thread is blocked in, for messages: from /proc/PID/task/PID/syscall.
@@ -379,27 +595,48 @@ pub fn run_helper_with_fallback(
             "@TIMEOUT@",
             &format!("{:.1}", options.timeout.as_secs_f64().max(1.0)),
         );
-    let held = queue_pending_call(pid, &interpreter, &snippet, options.nudge_lock_waits)?;
     let deadline = started + options.timeout;
     let reply_allowance = options.timeout.max(MIN_REPLY_ALLOWANCE);
-    let reply = channel
-        .receive(deadline, reply_allowance, options.max_reply)
-        .map_err(|err| match err.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => helper_error(format!(
-                "the {} helper started in PID {pid} but did not reply within {:.0} s; it finishes \
-                 on its own (its reply goes nowhere)",
-                helper.name,
-                reply_allowance.as_secs_f64()
-            )),
-            _ => helper_error(format!("the {} helper's reply failed: {err}", helper.name)),
-        })?;
+    // The reply is awaited beside the delivery: a direct call returns only once the helper has
+    // replied, so the listener must already be answering.
+    let cancel = AtomicBool::new(false);
+    let (delivered, received) = std::thread::scope(|scope| {
+        let receiver =
+            scope.spawn(|| channel.receive(deadline, reply_allowance, options.max_reply, &cancel));
+        let delivered = deliver(
+            pid,
+            &interpreter,
+            &snippet,
+            options,
+            reply_allowance,
+            &channel,
+        );
+        if delivered.is_err() {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        let received = receiver
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the reply reader panicked")));
+        (delivered, received)
+    });
+    let (delivery, held, not_direct) = delivered?;
+    let reply = received.map_err(|err| match err.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => helper_error(format!(
+            "the {} helper started in PID {pid} but did not reply within {:.0} s; it finishes \
+             on its own (its reply goes nowhere)",
+            helper.name,
+            reply_allowance.as_secs_f64()
+        )),
+        _ => helper_error(format!("the {} helper's reply failed: {err}", helper.name)),
+    })?;
     let Some(reply) = reply else {
         return Err(if crate::target::is_alive(pid) {
             helper_error(format!(
-                "the {} helper did not run within {:.0} s: PID {pid}'s main thread is {}. It stays \
-                 queued and runs when that thread next runs Python code; it will then find nobody \
-                 listening and do nothing (one page of memory stays mapped). Try a longer \
-                 --timeout, or a moment when the program is active.",
+                "the {} helper did not run within {:.0} s: PID {pid}'s main thread is {} (no \
+                 direct call: {not_direct}). It stays queued and runs when that thread next runs \
+                 Python code; it will then find nobody listening and do nothing (one page of \
+                 memory stays mapped). Try a longer --timeout, or a moment when the program is \
+                 active.",
                 helper.name,
                 options.timeout.as_secs_f64(),
                 main_thread_wait(pid)
@@ -420,6 +657,7 @@ pub fn run_helper_with_fallback(
     let timing = Timing {
         held,
         round_trip: started.elapsed(),
+        delivery,
     };
     match (reply.get("ok"), reply.get("error")) {
         (Some(ok), None) => Ok((ok.clone(), timing)),

@@ -57,16 +57,32 @@ const NT_X86_XSTATE: libc::c_int = 0x202;
 const XSTATE_BUFFER: usize = 32 * 1024;
 /// x86_64 syscall numbers used here.
 pub const SYS_MMAP: u64 = 9;
+pub const SYS_MUNMAP: u64 = 11;
 pub const SYS_FUTEX: u64 = 202;
+pub const SYS_CLOCK_NANOSLEEP: u64 = 230;
 /// The kernel's "restart this syscall" codes, as they sit in rax of an interrupted syscall.
 const ERESTARTSYS: i64 = 512;
 const ERESTARTNOINTR: i64 = 513;
 const ERESTARTNOHAND: i64 = 514;
-const ERESTART_RESTARTBLOCK: i64 = 516;
+pub const ERESTART_RESTARTBLOCK: i64 = 516;
 
 /// How long a thread may take to stop, and a call to return.
 const STOP_TIMEOUT: Duration = Duration::from_secs(1);
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What happens to the system call the thread was interrupted in, when it is let go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRelease {
+    /// The kernel restarts it as it would after any stop (the usual case).
+    Restart,
+    /// A futex wait returns EINTR instead, so a lock wait in CPython runs pending calls at once.
+    InterruptLockWait,
+    /// The thread executes the same syscall again with its saved arguments. For a sleep to an
+    /// absolute deadline (clock_nanosleep with TIMER_ABSTIME) this is exactly what the kernel's
+    /// restart does, without depending on the thread's restart block, which a timed wait inside
+    /// our own call may have overwritten.
+    Reissue,
+}
 
 /// A thread held stopped, with everything needed to put it back as it was.
 pub struct Held {
@@ -174,6 +190,11 @@ enum Resume {
 }
 
 impl Held {
+    /// The registers the thread was stopped with.
+    pub fn saved_registers(&self) -> &libc::user_regs_struct {
+        &self.saved
+    }
+
     /// The syscall the thread was in when stopped (interrupted, to be restarted), if any.
     pub fn interrupted_syscall(&self) -> Option<u64> {
         let rax = self.saved.rax as i64;
@@ -193,7 +214,10 @@ impl Held {
         wanted: impl Fn(&WaitStatus) -> bool,
         resume: Resume,
     ) -> Result<WaitStatus> {
-        let deadline = Instant::now() + limit;
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(limit)
+            .unwrap_or(now + Duration::from_secs(86_400));
         loop {
             let status = waitpid(self.tid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG))
                 .map_err(|e| failed("waitpid", e))?;
@@ -257,8 +281,9 @@ impl Held {
     }
 
     /// Calls `function(arg0, arg1)` in the thread and returns rax. The call returns to address 0,
-    /// which stops the thread with SIGSEGV: that is the end of the call.
-    pub fn call(&mut self, function: u64, arg0: u64, arg1: u64) -> Result<u64> {
+    /// which stops the thread with SIGSEGV: that is the end of the call. `limit` bounds the wait;
+    /// past it the thread is still inside the call, so the caller must not let it go.
+    pub fn call(&mut self, function: u64, arg0: u64, arg1: u64, limit: Duration) -> Result<u64> {
         let mut regs = self.fresh_regs();
         // Below the red zone, 16-byte aligned, then the return address: rsp = 8 mod 16 at entry.
         let stack = (self.saved.rsp - 1024) & !15;
@@ -273,7 +298,7 @@ impl Held {
         ptrace::cont(self.tid, None).map_err(|e| failed("PTRACE_CONT", e))?;
         let tid = self.tid;
         self.wait_for(
-            CALL_TIMEOUT,
+            limit,
             |s| {
                 matches!(s, WaitStatus::Stopped(_, Signal::SIGSEGV))
                     && ptrace::getregs(tid).is_ok_and(|r| r.rip == 0)
@@ -284,14 +309,23 @@ impl Held {
         Ok(after.rax)
     }
 
-    /// Puts the thread back as it was and lets it go. With `interrupt_wait`, a futex wait the
-    /// thread was in returns EINTR instead of being restarted, so a lock wait in CPython runs
-    /// pending calls at once.
-    pub fn release(mut self, interrupt_wait: bool) -> Result<()> {
+    /// Puts the thread back as it was and lets it go; `after` says what becomes of the system
+    /// call it was interrupted in.
+    pub fn release(mut self, after: AfterRelease) -> Result<()> {
         let mut regs = self.saved;
-        if interrupt_wait && self.interrupted_syscall() == Some(SYS_FUTEX) {
-            regs.rax = (-(libc::EINTR as i64)) as u64;
-            regs.orig_rax = u64::MAX;
+        match (after, self.interrupted_syscall()) {
+            (AfterRelease::InterruptLockWait, Some(SYS_FUTEX)) => {
+                regs.rax = (-(libc::EINTR as i64)) as u64;
+                regs.orig_rax = u64::MAX;
+            }
+            (AfterRelease::Reissue, Some(number)) => {
+                // What the kernel's own restart does: back over the `syscall` instruction with the
+                // number in rax; orig_rax -1 so no restart logic touches it again.
+                regs.rax = number;
+                regs.rip -= 2;
+                regs.orig_rax = u64::MAX;
+            }
+            _ => {}
         }
         let mut xstate = std::mem::take(&mut self.xstate);
         let restored = ptrace::setregs(self.tid, regs)

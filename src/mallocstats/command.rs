@@ -21,9 +21,11 @@ pub struct Captures {
     /// How long the target's fd 2 pointed at the capture file, per capture.
     pub windows: [f64; 2],
     pub round_trips: [f64; 2],
+    /// How each capture's helper got in (pending call, direct call, gdb).
+    pub deliveries: [String; 2],
 }
 
-fn capture(pid: i32, options: &Options) -> Result<(Stats, f64, f64, f64)> {
+fn capture(pid: i32, options: &Options) -> Result<(Stats, f64, f64, f64, String)> {
     let (reply, timing) = inject::run_helper(pid, &inject::MALLOCSTATS, &json!({}), options)?;
     let text = reply["text"].as_str().ok_or_else(|| {
         Error::new(
@@ -42,6 +44,7 @@ fn capture(pid: i32, options: &Options) -> Result<(Stats, f64, f64, f64)> {
         reply["window_seconds"].as_f64().unwrap_or(0.0),
         reply["time"].as_f64().unwrap_or(0.0),
         timing.round_trip.as_secs_f64(),
+        timing.delivery.to_string(),
     ))
 }
 
@@ -50,13 +53,15 @@ pub fn compare(
     pid: i32,
     duration: Option<f64>,
     timeout: f64,
+    method: inject::Method,
     stop: &Arc<AtomicBool>,
 ) -> Result<Captures> {
     let options = Options {
         timeout: Duration::from_secs_f64(timeout),
+        method,
         ..Options::default()
     };
-    let (before, window_before, time_before, trip_before) = capture(pid, &options)?;
+    let (before, window_before, time_before, trip_before, how_before) = capture(pid, &options)?;
     eprintln!(
         "pymemtrace: first capture taken{}; Ctrl-C takes the second now",
         duration
@@ -70,7 +75,7 @@ pub fn compare(
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (after, window_after, time_after, trip_after) = capture(pid, &options)?;
+    let (after, window_after, time_after, trip_after, how_after) = capture(pid, &options)?;
     let diff = diff(&before, &after);
     Ok(Captures {
         before,
@@ -79,5 +84,6 @@ pub fn compare(
         seconds: time_after - time_before,
         windows: [window_before, window_after],
         round_trips: [trip_before, trip_after],
+        deliveries: [how_before, how_after],
     })
 }

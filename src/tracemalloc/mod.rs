@@ -42,6 +42,7 @@ pub struct TracemallocOptions {
     pub granularity: Granularity,
     pub top: usize,
     pub timeout: f64,
+    pub method: inject::Method,
 }
 
 /// One group of the comparison.
@@ -74,6 +75,8 @@ pub struct Comparison {
     pub groups: u64,
     pub top: Vec<Group>,
     pub injection_round_trip_seconds: [f64; 2],
+    /// How each of the two helpers got in (pending call, direct call, gdb).
+    pub injection_methods: [String; 2],
 }
 
 fn int(value: &Value, key: &str) -> i64 {
@@ -118,6 +121,7 @@ fn parse_group(value: &Value) -> Result<Group> {
 pub fn compare(options: &TracemallocOptions, stop: &Arc<AtomicBool>) -> Result<Comparison> {
     let inject_options = Options {
         timeout: Duration::from_secs_f64(options.timeout),
+        method: options.method,
         ..Options::default()
     };
     let start_request = json!({"action": "start", "frames": options.frames});
@@ -215,6 +219,7 @@ pub fn compare(options: &TracemallocOptions, stop: &Arc<AtomicBool>) -> Result<C
             first.round_trip.as_secs_f64(),
             second.round_trip.as_secs_f64(),
         ],
+        injection_methods: [first.delivery.to_string(), second.delivery.to_string()],
     })
 }
 
