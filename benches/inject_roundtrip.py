@@ -5,9 +5,10 @@ Usage: python3 benches/inject_roundtrip.py [--rounds N] [--python PATH ...]
 
 For each interpreter and each target state (fixtures/inject_target.py: `busy` main thread,
 `contended`: four allocating threads plus a busy main thread all wanting the GIL, `threads`: the
-four threads with the main thread sleeping in 50 ms steps), runs `pymemtrace ping` N times in a row
-against one target and reports the median and 95th percentile of the round trip (tool start to the
-helper's reply, as the tool measures it) and of the time the main thread was held by ptrace.
+four threads with the main thread sleeping in 50 ms steps, `nap`: one long sleep), runs
+`pymemtrace ping` N times in a row against one target and reports the median and 95th percentile of
+the round trip (tool start to the helper's reply, as the tool measures it), the time the main thread
+was held, and how the helper got in (`--method auto`; `--method gdb` on the busy target too).
 Needs root (or CAP_SYS_PTRACE) like the tool itself.
 """
 from __future__ import print_function
@@ -32,27 +33,29 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def measure(python, mode, rounds):
-    target = subprocess.Popen([python, os.path.join(ROOT, "fixtures", "inject_target.py"), mode],
+def measure(python, mode, method, rounds):
+    target = subprocess.Popen([python, os.path.join(ROOT, "fixtures", "inject_target.py")] + mode.split(),
                               stdout=subprocess.PIPE, stdin=subprocess.PIPE)
     assert target.stdout.readline().strip() == b"ready"
-    trips, held, failures = [], [], 0
+    trips, held, failures, deliveries = [], [], 0, {}
     try:
         for _ in range(rounds):
-            out = subprocess.run([TOOL, "ping", "--pid", str(target.pid)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE)
+            out = subprocess.run([TOOL, "ping", "--pid", str(target.pid), "--method", method],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             if out.returncode != 0:
                 failures += 1
                 continue
             result = json.loads(out.stdout)
             trips.append(result["round_trip_seconds"] * 1000)
             held.append(result["held_seconds"] * 1000)
+            kind = result["delivery"].split(" (")[0]
+            deliveries[kind] = deliveries.get(kind, 0) + 1
     finally:
         target.kill()
         target.wait()
     return {"median": statistics.median(trips), "p95": percentile(trips, 0.95),
             "held_median": statistics.median(held), "held_max": max(held), "failures": failures,
-            "n": len(trips)}
+            "n": len(trips), "deliveries": deliveries}
 
 
 def main():
@@ -69,27 +72,31 @@ def main():
     for python in pythons:
         version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
                                  stdout=subprocess.PIPE).stdout.decode().strip()
-        for mode in ("busy", "contended", "threads"):
-            result = measure(python, mode, args.rounds)
-            print(version, mode, result, file=sys.stderr)
-            rows.append((version, python, mode, result))
+        for mode, method in (("busy", "auto"), ("busy", "gdb"), ("contended", "auto"),
+                             ("threads", "auto"), ("nap 3600", "auto")):
+            result = measure(python, mode, method, args.rounds)
+            print(version, mode, method, result, file=sys.stderr)
+            rows.append((version, python, mode if method == "auto" else "%s, --method %s" % (mode, method),
+                         result))
     command = "python3 benches/inject_roundtrip.py --rounds %d" % args.rounds
     lines = [
         "## Injection round trip (`tracemalloc`, `mallocstats`)",
         "",
         "Produced by `%s` on %s (%s, %d cores), %s. `pymemtrace ping` (the smallest helper) %d times in a"
         " row against one target per row; round trip = from the tool's start of the injection to the"
-        " helper's reply; held = how long the target's main thread was stopped by ptrace."
+        " helper's reply; held = how long the target's main thread was stopped (every thread, for gdb);"
+        " delivery = how the helper got in, per run."
         % (command, time.strftime("%Y-%m-%d"), platform.machine(), os.cpu_count(), platform.platform(),
            args.rounds),
         "",
-        "| Python | target | round trip median (ms) | p95 (ms) | held median (ms) | held max (ms) | failed |",
-        "|---|---|---|---|---|---|---|",
+        "| Python | target | round trip median (ms) | p95 (ms) | held median (ms) | held max (ms) | delivery | failed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for version, python, mode, r in rows:
-        lines.append("| %s | %s | %.1f | %.1f | %.2f | %.2f | %d of %d |" % (
-            version, mode, r["median"], r["p95"], r["held_median"], r["held_max"], r["failures"],
-            r["n"] + r["failures"]))
+        delivery = ", ".join("%s %d" % item for item in sorted(r["deliveries"].items()))
+        lines.append("| %s | %s | %.1f | %.1f | %.2f | %.2f | %s | %d of %d |" % (
+            version, mode, r["median"], r["p95"], r["held_median"], r["held_max"], delivery,
+            r["failures"], r["n"] + r["failures"]))
     busy = max(r["median"] for _, _, mode, r in rows if mode == "busy")
     contended = max(r["p95"] for _, _, mode, r in rows if mode == "contended")
     lines += [
@@ -99,7 +106,10 @@ def main():
                                                        "met" if contended < 100 else "NOT met", contended),
         "`busy`: the main thread computes; `contended`: four threads allocate and free while the main"
         " thread computes, all five wanting the GIL; `threads`: the four threads with the main thread"
-        " sleeping in 50 ms steps (the helper waits for the sleep to end, then for the GIL).",
+        " sleeping in 50 ms steps (a direct call when the main thread is caught asleep, else a pending"
+        " call that waits for the sleep to end, then for the GIL); `nap 3600`: the main thread in one"
+        " hour-long sleep (only a direct call can answer). A direct call holds the main thread for as"
+        " long as the helper runs, which is what `held` shows for it.",
     ]
     replace_section(args.out, "inject-roundtrip", "\n".join(lines))
     print("wrote", args.out, file=sys.stderr)
