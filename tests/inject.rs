@@ -122,8 +122,20 @@ fn leftovers() -> Vec<String> {
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("pymemtrace-") && !name.starts_with("pymemtrace-test"))
+        .filter(|name| is_private_directory(name))
         .collect()
+}
+
+/// The injection's private directories: `pymemtrace-<tool pid>-<16 hex digits>` (other tools'
+/// scratch files in /tmp, such as the dtrace scripts, are not what these tests look for).
+fn is_private_directory(name: &str) -> bool {
+    name.strip_prefix("pymemtrace-")
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(pid, suffix)| {
+            pid.bytes().all(|b| b.is_ascii_digit())
+                && suffix.len() == 16
+                && suffix.bytes().all(|b| b.is_ascii_hexdigit())
+        })
 }
 
 fn check_target_output(rest: &str) -> Result<(), String> {
@@ -661,4 +673,107 @@ fn a_hostile_target_cannot_forge_flood_or_redirect() {
         assert!(leftovers().is_empty(), "{mode}: left {:?}", leftovers());
         eprintln!("hostile {mode}: refused ({})", stderr.trim());
     }
+}
+
+/// The tool is killed (SIGKILL, which nothing can block) while it holds the target's main thread
+/// at each of the stub's stops: before a pending call is queued, after a GIL check, after a direct
+/// call. The stub then puts the thread back by itself: the target lives on, its sleep, read or
+/// lock wait carries on as it was, it still handles signals and allocates, and the private
+/// directory is gone once the helper or the next run has cleaned up.
+#[test]
+fn the_target_lives_on_when_the_tool_is_killed_mid_injection() {
+    let _serial = serial();
+    let mut failures = Vec::new();
+    let cases: [(&str, &str); 5] = [
+        ("busy", "pending"),
+        ("lock", "pending"),
+        ("nap 4", "check"),
+        ("nap 4", "direct"),
+        ("stdin-silent", "direct"),
+    ];
+    for python in injectable() {
+        for (mode, stage) in cases {
+            let mut target = Target::start(&python, mode, &[]);
+            std::thread::sleep(Duration::from_millis(300));
+            let mut killed = tool()
+                .args(["ping", "--pid", &target.pid(), "--timeout", "3"])
+                .env("PYMEMTRACE_TEST_STALL", format!("{stage}:10000"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stderr = BufReader::new(killed.stderr.take().unwrap());
+            let mut said = String::new();
+            stderr.read_line(&mut said).unwrap();
+            killed.kill().unwrap();
+            killed.wait().unwrap();
+            let stalled = said.contains(&format!("at the {stage} stop"));
+            std::thread::sleep(Duration::from_millis(500));
+            let alive = Command::new("kill")
+                .args(["-0", &target.pid()])
+                .status()
+                .is_ok_and(|s| s.success());
+            target.signal("USR1");
+            let mut outcome = Ok(String::new());
+            if mode.starts_with("nap") {
+                let slept = next_line(&mut target);
+                let seconds: f64 = slept
+                    .trim()
+                    .strip_prefix("slept ")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.0);
+                // 3.10 and older sleep with a relative select(): the time held is added.
+                outcome = if (4.0..4.8).contains(&seconds) {
+                    Ok(format!("slept {seconds:.3} s"))
+                } else {
+                    Err(format!("the 4 s sleep printed {slept:?}"))
+                };
+            }
+            // Kept open until the end: EOF would end the fixture's read loop.
+            let mut stdin = target.child.stdin.take().unwrap();
+            let expected_work = if mode == "stdin-silent" {
+                stdin.write_all(b"one line\n").unwrap();
+                stdin.flush().unwrap();
+                Some("result 1 kept 100\n")
+            } else {
+                None
+            };
+            std::thread::sleep(Duration::from_millis(300));
+            // The target still answers, and this run removes the private directory that the
+            // killed one left if its helper never ran.
+            let again = ping(&target.pid(), &["--timeout", "5"]);
+            let rest = target.finish();
+            drop(stdin);
+            let left = leftovers();
+            if !again.status.success() {
+                outcome = Err(format!(
+                    "a later run failed: {}",
+                    String::from_utf8_lossy(&again.stderr)
+                ));
+            }
+            let verdict = match (&outcome, &rest) {
+                _ if !stalled => Err(format!("the tool did not stall: {said:?}")),
+                _ if !alive => Err("the target died".into()),
+                (Err(why), _) => Err(why.clone()),
+                (_, Err(why)) => Err(why.clone()),
+                (Ok(_), Ok(rest)) if expected_work.is_some_and(|w| rest != w) => {
+                    Err(format!("the target then printed {rest:?}"))
+                }
+                (Ok(_), Ok(rest)) if check_target_output(rest).is_err() => {
+                    Err(format!("the target then printed {rest:?}"))
+                }
+                _ if !left.is_empty() => Err(format!("left in /tmp: {left:?}")),
+                (Ok(figures), Ok(rest)) => Ok(format!("{figures} {}", rest.trim())),
+            };
+            match verdict {
+                Ok(figures) => {
+                    eprintln!("[{}] {mode} killed at {stage}: ok {figures}", python.label)
+                }
+                Err(why) => {
+                    failures.push(format!("{} {mode} killed at {stage}: {why}", python.label))
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failures: {failures:#?}");
 }

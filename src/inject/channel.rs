@@ -78,9 +78,10 @@ impl Channel {
         // SAFETY: root_fd is a fresh descriptor we own.
         let root_fd = unsafe { OwnedFd::from_raw_fd(root_fd) };
         let tmp = open_dir_at(root_fd.as_raw_fd(), "tmp")?;
+        remove_stale(&tmp);
         let mut attempts = 0;
         let dir_name = loop {
-            let name = format!("pymemtrace-{}", random_suffix());
+            let name = format!("{DIR_PREFIX}{}-{}", std::process::id(), random_suffix());
             let c_name = CString::new(name.clone()).expect("no NUL");
             // SAFETY: mkdirat with a valid dirfd; it fails if anything of that name exists.
             if unsafe { libc::mkdirat(tmp.as_raw_fd(), c_name.as_ptr(), 0o700) } == 0 {
@@ -268,6 +269,42 @@ fn peer_pid(stream: &UnixStream) -> Option<i32> {
         )
     };
     (rc == 0).then_some(credentials.pid)
+}
+
+/// Private directories are named `pymemtrace-<tool pid>-<random>`.
+const DIR_PREFIX: &str = "pymemtrace-";
+
+/// Removes the private directories of earlier runs that were killed before they could clean up
+/// (a killed tool cannot; its helper removes the directory when it runs, but a run killed before
+/// queuing one leaves it). Only directories whose tool PID is gone, only the names the tool
+/// creates in them, never following a link: the directory belongs to the target's user.
+fn remove_stale(tmp: &OwnedFd) {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", tmp.as_raw_fd())) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((pid, suffix)) = name
+            .strip_prefix(DIR_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+        else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        let ours = suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit());
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if ours && gone {
+            if let Ok(dir) = open_dir_at(tmp.as_raw_fd(), &name) {
+                remove_contents(&dir);
+                remove_dir_at(tmp, &name);
+            }
+        }
+    }
 }
 
 /// The names the tool itself creates in the private directory: the socket and a PEP 768 script.

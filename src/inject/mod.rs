@@ -16,6 +16,7 @@ pub mod debug_offsets;
 mod gdb;
 mod marshal;
 mod ptrace;
+mod stub;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -140,6 +141,24 @@ struct GilFunctions {
     check: u64,
     ensure: u64,
     release: u64,
+}
+
+impl Interpreter {
+    /// What the stub calls (0 for what this interpreter lacks: the stub never reaches those).
+    fn functions(&self) -> stub::Functions {
+        let gil = self.gil.unwrap_or(GilFunctions {
+            check: 0,
+            ensure: 0,
+            release: 0,
+        });
+        stub::Functions {
+            gil_check: gil.check,
+            add_pending_call: self.add_pending_call,
+            run_simple_string: self.run_simple_string,
+            gil_ensure: gil.ensure,
+            gil_release: gil.release,
+        }
+    }
 }
 
 fn find_interpreter(pid: i32) -> Result<Interpreter> {
@@ -360,17 +379,17 @@ fn direct_call_syscall_name(number: u64) -> Option<&'static str> {
 /// TIMER_ABSTIME in clock_nanosleep's flags (its second argument).
 const TIMER_ABSTIME: u64 = 1;
 
-/// Whether the held main thread is where a direct call is safe: in a blocking call from the list
-/// above, that the kernel restarts without its restart block (or a sleep to an absolute deadline,
-/// which we re-issue ourselves), and not holding the GIL. Returns the syscall's name and how to
-/// release the thread afterwards, or why not.
+/// Whether the held main thread waits where a direct call can be safe: in a blocking call from the
+/// list above, that the kernel restarts without its restart block (or a sleep to an absolute
+/// deadline, which we re-issue ourselves). The GIL is checked next, by the stub. Returns the
+/// syscall's name and how to release the thread afterwards, or why not.
 fn direct_call_state(
-    held: &mut ptrace::Held,
+    held: &ptrace::Held,
     interpreter: &Interpreter,
 ) -> std::result::Result<(&'static str, ptrace::AfterRelease), String> {
-    let Some(gil) = interpreter.gil else {
+    if interpreter.gil.is_none() {
         return Err("this interpreter has no PyGILState_Check".into());
-    };
+    }
     let Some(number) = held.interrupted_syscall() else {
         return Err("the main thread is not waiting in a system call".into());
     };
@@ -394,11 +413,7 @@ fn direct_call_state(
     } else {
         ptrace::AfterRelease::Restart
     };
-    match held.call(gil.check, 0, 0, ptrace::CALL_TIMEOUT) {
-        Ok(0) => Ok((name, after)),
-        Ok(_) => Err(format!("the main thread holds the GIL while in {name}")),
-        Err(err) => Err(format!("PyGILState_Check failed: {err}")),
-    }
+    Ok((name, after))
 }
 
 /// Delivers `snippet` to the main thread of `pid` as `options.method` says. With a direct call,
@@ -423,80 +438,102 @@ fn deliver(
     }
     let _blocked = SignalsBlocked::new();
     let mut held = ptrace::seize(pid).map_err(|e| ptrace_error(pid, e))?;
+    let fail = |e| ptrace_error(pid, e);
     let mut not_direct = format!("--method {:?}", options.method).to_lowercase();
-    let direct = match options.method {
+    let mut direct = match options.method {
         Method::Pending | Method::Gdb => None,
-        Method::Auto => direct_call_state(&mut held, interpreter)
+        Method::Auto => direct_call_state(&held, interpreter)
             .map_err(|why| not_direct = why)
             .ok(),
-        Method::Direct => Some(direct_call_state(&mut held, interpreter).map_err(|why| {
+        Method::Direct => Some(direct_call_state(&held, interpreter).map_err(|why| {
             helper_error(format!(
                 "--method direct refused for PID {pid}: {why}; nothing was done (try --method \
                  auto)"
             ))
         })?),
     };
-    let syscall_at =
-        ptrace::find_syscall_instruction(pid, &held).map_err(|e| ptrace_error(pid, e))?;
+    let pending_after = if options.nudge_lock_waits {
+        ptrace::AfterRelease::InterruptLockWait
+    } else {
+        ptrace::AfterRelease::Restart
+    };
+
+    // One page for the stub, the thread's saved state and the snippet (see stub.rs).
+    let syscall_at = ptrace::find_syscall_instruction(pid, &held).map_err(fail)?;
     let mut code = snippet.as_bytes().to_vec();
     code.push(0);
-    let length = (code.len() as u64).div_ceil(4096) * 4096;
+    let layout = stub::Layout::new(held.xstate().len(), code.len());
     let page = held
         .syscall(
             syscall_at,
             ptrace::SYS_MMAP,
             [
                 0,
-                length,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                layout.length,
+                (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
                 (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
                 u64::MAX,
                 0,
             ],
         )
-        .map_err(|e| ptrace_error(pid, e))?;
+        .map_err(fail)?;
     if (page as i64) < 0 && (page as i64) > -4096 {
         return Err(helper_error(format!(
             "could not map a page in PID {pid} (errno {}); the target was put back as it was",
             -(page as i64)
         )));
     }
-    ptrace::write_memory(pid, page, &code).map_err(|e| ptrace_error(pid, e))?;
-    if let (Some((syscall, after)), Some(gil)) = (direct, interpreter.gil) {
-        // The thread sits in a blocking call with the GIL released: take the GIL as any C
-        // extension thread would, run the bootstrap, give the GIL back, and free the page. The
-        // call lasts as long as the helper; it cannot be cut short, so wait for it.
-        let state = held
-            .call(gil.ensure, 0, 0, reply_allowance)
-            .map_err(|e| ptrace_error(pid, e))?;
-        held.call(
-            interpreter.run_simple_string,
+    let image = layout.image(page, &interpreter.functions(), held.xstate(), &code);
+    ptrace::write_memory(pid, page, &image).map_err(fail)?;
+    // What the stub's last call returned.
+    let result = || -> Result<u64> {
+        let bytes = ptrace::read_memory(pid, page + stub::RESULT, 8).map_err(fail)?;
+        Ok(u64::from_ne_bytes(bytes.try_into().unwrap_or([0xff; 8])))
+    };
+
+    if let Some((syscall, _)) = direct {
+        // Does the thread hold the GIL? (A C extension blocked while holding it is left alone.)
+        stub::Layout::write_resume(pid, page, &held.resume_registers(pending_after))
+            .map_err(fail)?;
+        held.run_stub(page, stub::ENTRY_CHECK, ptrace::CALL_TIMEOUT)
+            .map_err(fail)?;
+        if result()? as u32 != 0 {
+            not_direct = format!("the main thread holds the GIL while in {syscall}");
+            if options.method == Method::Direct {
+                return Err(helper_error(format!(
+                    "--method direct refused for PID {pid}: {not_direct}; nothing was done (try \
+                     --method auto)"
+                )));
+            }
+            direct = None;
+        }
+    }
+    if let Some((syscall, after)) = direct {
+        // The thread sits in a blocking call with the GIL released: the stub takes the GIL as any
+        // C extension thread would, runs the bootstrap and gives the GIL back. That lasts as long
+        // as the helper and cannot be cut short; if the tool dies meanwhile, the stub resumes the
+        // thread itself.
+        stub::Layout::write_resume(pid, page, &held.resume_registers(after)).map_err(fail)?;
+        held.run_stub(
             page,
-            0,
-            reply_allowance + options.timeout,
+            stub::ENTRY_DIRECT,
+            reply_allowance * 2 + options.timeout,
         )
-        .map_err(|e| ptrace_error(pid, e))?;
-        held.call(gil.release, state & 0xffff_ffff, 0, ptrace::CALL_TIMEOUT)
-            .map_err(|e| ptrace_error(pid, e))?;
-        held.syscall(syscall_at, ptrace::SYS_MUNMAP, [page, length, 0, 0, 0, 0])
-            .map_err(|e| ptrace_error(pid, e))?;
-        held.release(after).map_err(|e| ptrace_error(pid, e))?;
+        .map_err(fail)?;
+        held.syscall(
+            syscall_at,
+            ptrace::SYS_MUNMAP,
+            [page, layout.length, 0, 0, 0, 0],
+        )
+        .map_err(fail)?;
+        held.release(after).map_err(fail)?;
         return Ok((Delivery::Direct(syscall), started.elapsed(), String::new()));
     }
-    let queued = held
-        .call(
-            interpreter.add_pending_call,
-            interpreter.run_simple_string,
-            page,
-            ptrace::CALL_TIMEOUT,
-        )
-        .map_err(|e| ptrace_error(pid, e))?;
-    let after = if options.nudge_lock_waits {
-        ptrace::AfterRelease::InterruptLockWait
-    } else {
-        ptrace::AfterRelease::Restart
-    };
-    held.release(after).map_err(|e| ptrace_error(pid, e))?;
+    stub::Layout::write_resume(pid, page, &held.resume_registers(pending_after)).map_err(fail)?;
+    held.run_stub(page, stub::ENTRY_PENDING, ptrace::CALL_TIMEOUT)
+        .map_err(fail)?;
+    let queued = result()?;
+    held.release(pending_after).map_err(fail)?;
     if queued as u32 as i32 != 0 {
         return Err(helper_error(format!(
             "PID {pid}'s interpreter refused the pending call (its queue of 32 is full): try again"

@@ -13,6 +13,8 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::inject::stub;
+
 /// What went wrong while the thread was held.
 #[derive(Debug)]
 pub enum PtraceError {
@@ -98,7 +100,8 @@ pub struct Held {
 /// restored to its saved state if [`Held::release`] was not called.
 pub fn seize(tid: i32) -> Result<Held> {
     let pid = Pid::from_raw(tid);
-    match ptrace::seize(pid, ptrace::Options::empty()) {
+    // TRACESYSGOOD: system-call stops are told apart from SIGTRAPs (the stub ends in one).
+    match ptrace::seize(pid, ptrace::Options::PTRACE_O_TRACESYSGOOD) {
         Ok(()) => {}
         Err(Errno::EPERM) => {
             // EPERM is both "traced by someone else" and "not allowed": TracerPid tells them apart.
@@ -187,7 +190,12 @@ fn set_xstate(pid: Pid, xstate: &mut [u8]) -> Result<()> {
 enum Resume {
     Continue,
     Step,
+    /// Continue to the next system-call stop.
+    Syscall,
 }
+
+/// x86_64 `restart_syscall`: resumes a call through the thread's restart block.
+const SYS_RESTART_SYSCALL: u64 = 219;
 
 impl Held {
     /// The registers the thread was stopped with.
@@ -242,6 +250,7 @@ impl Held {
                     let resumed = match resume {
                         Resume::Continue => ptrace::cont(self.tid, None),
                         Resume::Step => ptrace::step(self.tid, None),
+                        Resume::Syscall => ptrace::syscall(self.tid, None),
                     };
                     resumed.map_err(|e| failed("resuming after an unrelated stop", e))?;
                 }
@@ -280,59 +289,75 @@ impl Held {
         Ok(after.rax)
     }
 
-    /// Calls `function(arg0, arg1)` in the thread and returns rax. The call returns to address 0,
-    /// which stops the thread with SIGSEGV: that is the end of the call. `limit` bounds the wait;
-    /// past it the thread is still inside the call, so the caller must not let it go.
-    pub fn call(&mut self, function: u64, arg0: u64, arg1: u64, limit: Duration) -> Result<u64> {
+    /// Runs the stub in `page` from `entry` on the thread's own stack (below its red zone) until
+    /// it reaches its `resume` stop, where the thread is held again. `limit` bounds the wait; past
+    /// it the thread is still in the stub, which puts the thread back by itself when it ends.
+    pub fn run_stub(&mut self, page: u64, entry: u64, limit: Duration) -> Result<()> {
         let mut regs = self.fresh_regs();
-        // Below the red zone, 16-byte aligned, then the return address: rsp = 8 mod 16 at entry.
-        let stack = (self.saved.rsp - 1024) & !15;
-        let return_slot = stack - 8;
-        write_memory(self.tid.as_raw(), return_slot, &0u64.to_ne_bytes())?;
-        regs.rsp = return_slot;
-        regs.rip = function;
-        regs.rdi = arg0;
-        regs.rsi = arg1;
-        regs.rax = 0;
+        // 16-byte aligned: the stub's `call` then gives each function the ABI's alignment.
+        regs.rsp = (self.saved.rsp - 1024) & !15;
+        regs.rip = page + entry;
         ptrace::setregs(self.tid, regs).map_err(|e| failed("PTRACE_SETREGS", e))?;
-        ptrace::cont(self.tid, None).map_err(|e| failed("PTRACE_CONT", e))?;
+        ptrace::syscall(self.tid, None).map_err(|e| failed("PTRACE_SYSCALL", e))?;
         let tid = self.tid;
+        let stop = page + stub::RESUME_STOP;
         self.wait_for(
             limit,
             |s| {
-                matches!(s, WaitStatus::Stopped(_, Signal::SIGSEGV))
-                    && ptrace::getregs(tid).is_ok_and(|r| r.rip == 0)
+                matches!(s, WaitStatus::PtraceSyscall(_))
+                    && ptrace::getregs(tid)
+                        .is_ok_and(|r| r.rip == stop && r.orig_rax == stub::RESUME_SYSCALL)
             },
-            Resume::Continue,
+            Resume::Syscall,
         )?;
-        let after = ptrace::getregs(self.tid).map_err(|e| failed("PTRACE_GETREGS", e))?;
-        Ok(after.rax)
+        stall_for_tests(entry);
+        Ok(())
+    }
+
+    /// The registers the thread resumes with, by us or by the stub: as saved, except that an
+    /// interrupted system call is entered again (what the kernel's own restart does), made to
+    /// return EINTR, or re-issued, as `after` says. orig_rax -1: no restart logic of the kernel's
+    /// runs on top, and a stop at the stub's own system call does not execute it.
+    pub fn resume_registers(&self, after: AfterRelease) -> libc::user_regs_struct {
+        let mut regs = self.saved;
+        if let Some(number) = self.interrupted_syscall() {
+            match after {
+                AfterRelease::InterruptLockWait if number == SYS_FUTEX => {
+                    regs.rax = (-(libc::EINTR as i64)) as u64;
+                }
+                AfterRelease::Reissue => {
+                    regs.rax = number;
+                    regs.rip -= 2;
+                }
+                _ => {
+                    regs.rax = if -(self.saved.rax as i64) == ERESTART_RESTARTBLOCK {
+                        SYS_RESTART_SYSCALL
+                    } else {
+                        number
+                    };
+                    regs.rip -= 2;
+                }
+            }
+        }
+        regs.orig_rax = u64::MAX;
+        regs
     }
 
     /// Puts the thread back as it was and lets it go; `after` says what becomes of the system
     /// call it was interrupted in.
     pub fn release(mut self, after: AfterRelease) -> Result<()> {
-        let mut regs = self.saved;
-        match (after, self.interrupted_syscall()) {
-            (AfterRelease::InterruptLockWait, Some(SYS_FUTEX)) => {
-                regs.rax = (-(libc::EINTR as i64)) as u64;
-                regs.orig_rax = u64::MAX;
-            }
-            (AfterRelease::Reissue, Some(number)) => {
-                // What the kernel's own restart does: back over the `syscall` instruction with the
-                // number in rax; orig_rax -1 so no restart logic touches it again.
-                regs.rax = number;
-                regs.rip -= 2;
-                regs.orig_rax = u64::MAX;
-            }
-            _ => {}
-        }
+        let regs = self.resume_registers(after);
         let mut xstate = std::mem::take(&mut self.xstate);
         let restored = ptrace::setregs(self.tid, regs)
             .map_err(|e| failed("PTRACE_SETREGS", e))
             .and_then(|_| set_xstate(self.tid, &mut xstate));
         self.detach();
         restored
+    }
+
+    /// The thread's vector state as saved (the stub restores it if the tool is gone).
+    pub fn xstate(&self) -> &[u8] {
+        &self.xstate
     }
 
     fn detach(&mut self) {
@@ -358,14 +383,37 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if !self.detached {
-            // An error path: put back what we saved before letting the thread run.
-            let _ = ptrace::setregs(self.tid, self.saved);
+            // An error path: put back what we saved before letting the thread run. (If it is
+            // running inside the stub, these fail and the stub puts it back itself.)
+            let _ = ptrace::setregs(self.tid, self.resume_registers(AfterRelease::Restart));
             if !self.xstate.is_empty() {
                 let mut xstate = std::mem::take(&mut self.xstate);
                 let _ = set_xstate(self.tid, &mut xstate);
             }
             self.detach();
         }
+    }
+}
+
+/// Test hook: with PYMEMTRACE_TEST_STALL=ENTRY:MS (ENTRY check, pending or direct), the tool says
+/// so on stderr and waits MS with the thread held at that stub run's stop, so a test can kill the
+/// tool at the worst moment and check that the target lives on.
+fn stall_for_tests(entry: u64) {
+    let Ok(setting) = std::env::var("PYMEMTRACE_TEST_STALL") else {
+        return;
+    };
+    let name = match entry {
+        stub::ENTRY_CHECK => "check",
+        stub::ENTRY_PENDING => "pending",
+        _ => "direct",
+    };
+    if let Some(ms) = setting
+        .strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        eprintln!("pymemtrace: stalling {ms} ms at the {name} stop (test hook)");
+        std::thread::sleep(Duration::from_millis(ms));
     }
 }
 

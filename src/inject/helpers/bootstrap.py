@@ -23,8 +23,16 @@ def _run():
         try:
             _quickly(conn.connect, @PATH@ + "/s")
         except BaseException:
-            # The tool is gone (it timed out waiting, or was stopped): undo what it may have left.
+            # The tool is gone (it timed out waiting, or was killed): undo what it may have left,
+            # and remove its private directory if it could not (files first, then the directory;
+            # each fails harmlessly if the tool already did it).
             exec(compile(@FALLBACK@, "<pymemtrace>", "exec"), {})
+            import posix
+            for name in ("/s", "/helper.py", ""):
+                try:
+                    (posix.rmdir if not name else posix.unlink)(@PATH@ + name)
+                except BaseException:
+                    pass
             return
         space = {"__name__": "_pymemtrace_helper", "CHANNEL_DIR": @PATH@}
         try:
