@@ -28,6 +28,8 @@ pub enum ErrorKind {
     /// A helper could not run inside the target, or did not reply in time (the message says what
     /// happened to it).
     HelperFailed,
+    /// No tracer (dtrace or bpftrace) is installed, or it cannot place probes without root.
+    TracerUnavailable,
 }
 
 impl ErrorKind {
@@ -43,6 +45,7 @@ impl ErrorKind {
             ErrorKind::SpawnFailed => 8,
             ErrorKind::BadInput => 9,
             ErrorKind::HelperFailed => 10,
+            ErrorKind::TracerUnavailable => 11,
         }
     }
 }

@@ -25,7 +25,8 @@ use pymemtrace::timeline::command::{run_process, ProcessOptions};
     after_help = "Exit codes: 0 success (also when the target exits), 1 internal error, 2 bad option, \
                   3 no such process, 4 not a Python process, 5 permission denied, 6 unsupported Python \
                   version, 7 output not writable, 8 command could not be started, 9 input file unreadable \
-                  or malformed, 10 a helper could not run inside the target."
+                  or malformed, 10 a helper could not run inside the target, 11 no tracer (dtrace/bpftrace) \
+                  or not root."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -71,6 +72,18 @@ enum Command {
     )]
     Mallocstats(MallocstatsArgs),
 
+    /// Run a malloc/free or interpreter script from the catalogue with dtrace or bpftrace (root).
+    #[command(
+        after_help = "Examples:\n  sudo pymemtrace dtrace --pid 1234 --script malloc_count\n  \
+                      sudo pymemtrace dtrace --pid 1234 --script malloc_outstanding --duration 30 --json leaks.json\n  \
+                      sudo pymemtrace dtrace --pid 1234 --script malloc_count -D per_thread\n  \
+                      pymemtrace dtrace --list --pid 1234          # every script, and whether it can run here\n  \
+                      pymemtrace dtrace --script py_malloc --pid 1234 --print-script\n\n\
+                      The backend is dtrace where it exists (macOS, FreeBSD, illumos, Oracle Linux), else bpftrace. \
+                      Exit code 11: no tracer installed, or not root. See docs/dtrace.md."
+    )]
+    Dtrace(DtraceArgs),
+
     /// Run the smallest helper inside a Python process and time the round trip (tests, benchmarks).
     #[command(hide = true)]
     Ping(PingArgs),
@@ -109,6 +122,55 @@ struct TracemallocArgs {
     /// without the GIL, else a pending call), pending, direct, or gdb.
     #[arg(long, value_enum, default_value_t = pymemtrace::inject::Method::Auto)]
     method: pymemtrace::inject::Method,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Dtrace,
+    Bpftrace,
+}
+
+#[derive(Args)]
+struct DtraceArgs {
+    /// PID of the process to trace (any process for malloc_count and malloc_outstanding).
+    #[arg(short, long, value_name = "PID")]
+    pid: Option<i32>,
+
+    /// The script to run (see --list).
+    #[arg(short, long, value_name = "NAME")]
+    script: Option<String>,
+
+    /// List every script, what it shows, and (with --pid) whether it can run on that process.
+    #[arg(long)]
+    list: bool,
+
+    /// Seconds to trace (default: until Ctrl-C or the target's exit).
+    #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
+    duration: Option<f64>,
+
+    /// Script option, e.g. -D per_thread or -D min_age_ms=500 (see --list).
+    #[arg(short = 'D', value_name = "NAME[=VALUE]")]
+    define: Vec<String>,
+
+    /// The tracer (default: dtrace if on PATH, else bpftrace).
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+
+    /// Write the whole result as JSON here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+
+    /// Pass the tracer's output through instead of the table.
+    #[arg(long)]
+    raw: bool,
+
+    /// Print the script filled in for this process, and exit without running it.
+    #[arg(long)]
+    print_script: bool,
+
+    /// Rows per list in the table.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    top: usize,
 }
 
 #[derive(Args)]
@@ -687,6 +749,23 @@ fn main() {
         Command::Ping(args) => ping(args),
         Command::Tracemalloc(args) => tracemalloc(args),
         Command::Mallocstats(args) => mallocstats(args),
+        Command::Dtrace(args) => {
+            pymemtrace::dtrace::command::run_command(pymemtrace::dtrace::command::CommandOptions {
+                pid: args.pid,
+                script: args.script,
+                backend: args.backend.map(|b| match b {
+                    BackendArg::Dtrace => pymemtrace::dtrace::Backend::Dtrace,
+                    BackendArg::Bpftrace => pymemtrace::dtrace::Backend::Bpftrace,
+                }),
+                duration: args.duration,
+                defines: args.define,
+                json: args.json,
+                raw: args.raw,
+                print_script: args.print_script,
+                list: args.list,
+                top: args.top,
+            })
+        }
         Command::Process(args) => run_process(ProcessOptions {
             pid: args.pid,
             command: args.command,

@@ -110,7 +110,10 @@ fn inspects_a_real_3_13_process() {
     assert_eq!(report["free_threaded"], false);
     assert_eq!(report["finalizing"], false);
     assert_eq!(report["interpreter"]["id"], 0);
-    assert_eq!(report["main_thread"]["native_thread_id"], pid as u64, "{report:#}");
+    assert_eq!(
+        report["main_thread"]["native_thread_id"], pid as u64,
+        "{report:#}"
+    );
     assert_eq!(report["main_thread"]["main"], true);
     let threads = report["threads"].as_array().unwrap();
     assert_eq!(threads.len(), 2, "{report:#}");
@@ -129,7 +132,10 @@ fn inspects_a_real_3_13_process() {
     assert_eq!(offsets.version, 0x030d00f0);
     let main = debug_offsets::main_thread_state(pid, runtime, &offsets).unwrap();
     assert_eq!(main.native_thread_id, pid as u64);
-    assert_eq!(report["main_thread"]["address"], format!("0x{:x}", main.address));
+    assert_eq!(
+        report["main_thread"]["address"],
+        format!("0x{:x}", main.address)
+    );
 
     // PEP 768 needs 3.14: refused before anything is written.
     let err = debug_offsets::request_remote_exec(pid, "/tmp/never-run.py").unwrap_err();
@@ -178,7 +184,10 @@ fn debian_static_3_11_is_found_and_refused() {
 
 #[test]
 fn a_non_python_process_is_not_python() {
-    let child = Command::new("sleep").arg("30").spawn().expect("start sleep");
+    let child = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("start sleep");
     let guard = Guard(child);
     let err = debug_offsets::inspect(guard.0.id() as i32).unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotPython, "{}", err.message);

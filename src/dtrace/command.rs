@@ -1,0 +1,150 @@
+//! The `pymemtrace dtrace` command: --list, --print-script, or a run with its table and JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind, Result};
+
+use super::{choose_backend, list, parse_defines, prepare, run, write_list, Backend, Options};
+
+/// What the command line asked for.
+#[derive(Debug, Clone, Default)]
+pub struct CommandOptions {
+    pub pid: Option<i32>,
+    pub script: Option<String>,
+    pub backend: Option<Backend>,
+    pub duration: Option<f64>,
+    pub defines: Vec<String>,
+    pub json: Option<PathBuf>,
+    pub raw: bool,
+    pub print_script: bool,
+    pub list: bool,
+    pub top: usize,
+}
+
+fn stdout_error(err: std::io::Error) -> Error {
+    Error::internal(format!("cannot write to stdout: {err}"))
+}
+
+pub fn run_command(options: CommandOptions) -> Result<()> {
+    if let Some(d) = options.duration {
+        if !(d > 0.0 && d.is_finite()) {
+            return Err(Error::usage(format!(
+                "--duration must be a positive number of seconds, not {d}"
+            )));
+        }
+    }
+    let defines = parse_defines(&options.defines)?;
+    let stdout = std::io::stdout();
+    if options.list {
+        let (rows, facts) = list(options.pid)?;
+        let mut out = stdout.lock();
+        write_list(&mut out, &rows, facts.as_ref()).map_err(stdout_error)?;
+        if let Some(path) = &options.json {
+            let value = serde_json::json!({ "scripts": rows });
+            write_json(path, &value)?;
+        }
+        return Ok(());
+    }
+    let Some(script) = options.script.clone() else {
+        return Err(Error::usage(format!(
+            "give --script NAME (one of: {}), or --list",
+            super::catalogue::names()
+        )));
+    };
+    let Some(pid) = options.pid else {
+        return Err(Error::usage("give --pid PID: the process to trace"));
+    };
+    let run_options = Options {
+        pid,
+        script,
+        backend: options.backend,
+        duration: options.duration,
+        defines,
+        raw: options.raw,
+    };
+    // --print-script works without the tracer installed: it shows the bpftrace twin by default.
+    let (backend, tracer) = match choose_backend(options.backend) {
+        Ok(found) => found,
+        Err(err) if options.print_script => {
+            let _ = err;
+            let backend = options.backend.unwrap_or(Backend::Bpftrace);
+            (backend, PathBuf::from(backend.name()))
+        }
+        Err(err) => return Err(err),
+    };
+    if !options.print_script {
+        super::check_root(backend)?;
+    }
+    let prepared = prepare(&run_options, backend, tracer)?;
+    if options.print_script {
+        let mut out = stdout.lock();
+        out.write_all(prepared.text.as_bytes())
+            .map_err(stdout_error)?;
+        return Ok(());
+    }
+    // A bad --json path fails before the target is touched.
+    let json_file = options
+        .json
+        .as_ref()
+        .map(|path| {
+            std::fs::File::create(path).map_err(|err| {
+                Error::new(
+                    ErrorKind::OutputNotWritable,
+                    format!("cannot write `{}`: {err}", path.display()),
+                )
+            })
+        })
+        .transpose()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .map_err(|err| Error::internal(format!("cannot install the Ctrl-C handler: {err}")))?;
+    }
+    let report = match run(&prepared, &run_options, &stop) {
+        Ok(report) => report,
+        Err(err) => {
+            if let Some(path) = &options.json {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(err);
+        }
+    };
+    if !options.raw {
+        let mut out = stdout.lock();
+        super::report::write_table(&mut out, &report, options.top)
+            .and_then(|_| out.flush())
+            .map_err(stdout_error)?;
+    }
+    if let (Some(file), Some(path)) = (json_file, &options.json) {
+        serde_json::to_writer_pretty(std::io::BufWriter::new(file), &report).map_err(|err| {
+            Error::new(
+                ErrorKind::OutputNotWritable,
+                format!("writing `{}` failed: {err}", path.display()),
+            )
+        })?;
+        eprintln!("pymemtrace: wrote {}", path.display());
+    }
+    if report.end == "target exited" {
+        eprintln!("pymemtrace: PID {pid} exited; the report covers it up to its exit");
+    }
+    Ok(())
+}
+
+fn write_json(path: &PathBuf, value: &serde_json::Value) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(|err| {
+        Error::new(
+            ErrorKind::OutputNotWritable,
+            format!("cannot write `{}`: {err}", path.display()),
+        )
+    })?;
+    serde_json::to_writer_pretty(std::io::BufWriter::new(file), value).map_err(|err| {
+        Error::new(
+            ErrorKind::OutputNotWritable,
+            format!("writing `{}` failed: {err}", path.display()),
+        )
+    })
+}

@@ -1,0 +1,550 @@
+//! `pymemtrace dtrace`: runs a script from the catalogue (`dtrace/NAME.d` with dtrace,
+//! `probes/NAME.bt` with bpftrace) against one process, and turns its output into a report.
+//!
+//! target facts (target.rs) + options -> a filled script (catalogue.rs) -> the tracer (here) ->
+//! its text -> parse.rs (pure) -> report.rs (data model, table).
+
+pub mod catalogue;
+pub mod command;
+pub mod offsets;
+pub mod parse;
+pub mod report;
+pub mod target;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+
+pub use catalogue::{Entry, CATALOGUE};
+pub use report::Report;
+
+/// Which tracer runs the script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Dtrace,
+    Bpftrace,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Dtrace => "dtrace",
+            Backend::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+/// Where `program` is on PATH.
+fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// True when `dtrace` on PATH is a real DTrace, not systemtap's `dtrace` header generator
+/// (systemtap-sdt-dev installs one on Linux).
+fn real_dtrace(path: &PathBuf) -> bool {
+    Command::new(path)
+        .arg("-V")
+        .stdin(Stdio::null())
+        .output()
+        .map(|out| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            text.contains("Sun D") || text.contains("dtrace: D ") || text.contains("Oracle D")
+        })
+        .unwrap_or(false)
+}
+
+/// The tracer to use: `requested`, else dtrace where it exists, else bpftrace.
+pub fn choose_backend(requested: Option<Backend>) -> Result<(Backend, PathBuf)> {
+    let install = "install bpftrace (Debian/Ubuntu: `apt-get install bpftrace`, Fedora/RHEL: \
+                   `dnf install bpftrace`, Arch: `pacman -S bpftrace`); DTrace comes with macOS, \
+                   FreeBSD, illumos and Oracle Linux (dtrace-utils)";
+    match requested {
+        Some(backend) => on_path(backend.name())
+            .map(|path| (backend, path))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::TracerUnavailable,
+                    format!("{} is not on PATH: {install}", backend.name()),
+                )
+            }),
+        None => {
+            if let Some(path) = on_path("dtrace").filter(real_dtrace) {
+                return Ok((Backend::Dtrace, path));
+            }
+            on_path("bpftrace")
+                .map(|path| (Backend::Bpftrace, path))
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::TracerUnavailable,
+                        format!("neither dtrace nor bpftrace is installed: {install}"),
+                    )
+                })
+        }
+    }
+}
+
+/// Tracers need root (or CAP_BPF and CAP_PERFMON for bpftrace; dtrace_proc on illumos).
+pub(crate) fn check_root(backend: Backend) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::TracerUnavailable,
+        format!(
+            "{} needs root to place probes: run `sudo pymemtrace dtrace ...`{}",
+            backend.name(),
+            if backend == Backend::Bpftrace {
+                " (or give the tool and bpftrace CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE)"
+            } else {
+                ""
+            }
+        ),
+    ))
+}
+
+/// What a run is asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub pid: i32,
+    pub script: String,
+    pub backend: Option<Backend>,
+    pub duration: Option<f64>,
+    /// `-D name=value` (a bare `-D name` is `name=1`).
+    pub defines: Vec<(String, String)>,
+    /// Pass the tracer's output through as it comes.
+    pub raw: bool,
+}
+
+/// A script filled in for one target, ready to run.
+pub struct Prepared {
+    pub backend: Backend,
+    pub tracer: PathBuf,
+    pub entry: &'static Entry,
+    pub facts: target::Facts,
+    pub text: String,
+    pub min_age_ms: u64,
+}
+
+fn find_entry(name: &str) -> Result<&'static Entry> {
+    catalogue::find(name).ok_or_else(|| {
+        Error::usage(format!(
+            "no script named `{name}`; the catalogue: {} (`pymemtrace dtrace --list`)",
+            catalogue::names()
+        ))
+    })
+}
+
+/// Parses `-D` arguments: `name=value` or `name` (meaning 1).
+pub fn parse_defines(defines: &[String]) -> Result<Vec<(String, String)>> {
+    defines
+        .iter()
+        .map(|d| {
+            let (name, value) = d.split_once('=').unwrap_or((d.as_str(), "1"));
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(Error::usage(format!("-D {d}: expected NAME or NAME=VALUE")));
+            }
+            Ok((name.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// Fills the script in for this target (what `--print-script` shows and what runs).
+pub fn prepare(options: &Options, backend: Backend, tracer: PathBuf) -> Result<Prepared> {
+    let entry = find_entry(&options.script)?;
+    let facts = target::inspect(options.pid)?;
+    if let Err(why) = catalogue::availability(entry, &facts) {
+        let needs_python = !matches!(
+            entry.needs,
+            catalogue::Needs::Libc | catalogue::Needs::LibcMaybeFrames
+        );
+        let kind = if needs_python && facts.python.is_err() {
+            ErrorKind::NotPython
+        } else {
+            ErrorKind::UnsupportedVersion
+        };
+        return Err(Error::new(
+            kind,
+            format!("{} cannot run on PID {}: {why}", entry.name, options.pid),
+        ));
+    }
+    let values = catalogue::values(entry, &facts, &options.defines, backend == Backend::Dtrace)
+        .map_err(Error::usage)?;
+    if let Some(threads) = values.get("max_threads") {
+        if !matches!(threads.parse::<u32>(), Ok(1..=100)) {
+            return Err(Error::usage(format!(
+                "-D max_threads={threads}: between 1 and 100 (bpftrace's unroll limit)"
+            )));
+        }
+    }
+    if let Some(depth) = values.get("stack_depth") {
+        if !matches!(depth.parse::<u32>(), Ok(1..=127)) {
+            return Err(Error::usage(format!(
+                "-D stack_depth={depth}: between 1 and 127"
+            )));
+        }
+    }
+    let min_age_ms = values
+        .get("min_age_ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let script = match backend {
+        Backend::Dtrace => entry.d,
+        Backend::Bpftrace => entry.bt,
+    };
+    let text = catalogue::fill(script, &values).map_err(Error::internal)?;
+    Ok(Prepared {
+        backend,
+        tracer,
+        entry,
+        facts,
+        text,
+        min_age_ms,
+    })
+}
+
+/// One row of `--list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    pub name: &'static str,
+    pub shows: &'static str,
+    /// None without --pid; else whether it can run on that process.
+    pub runs_here: Option<bool>,
+    /// Why it cannot run on that process.
+    pub why_not: Option<String>,
+    pub options: Vec<catalogue::ScriptOption>,
+}
+
+/// Every script, and for `pid` whether it can run there and why not.
+pub fn list(pid: Option<i32>) -> Result<(Vec<Listed>, Option<target::Facts>)> {
+    let facts = pid.map(target::inspect).transpose()?;
+    let rows = CATALOGUE
+        .iter()
+        .map(|entry| Listed {
+            name: entry.name,
+            shows: entry.shows,
+            runs_here: facts
+                .as_ref()
+                .map(|f| catalogue::availability(entry, f).is_ok()),
+            why_not: facts
+                .as_ref()
+                .and_then(|f| catalogue::availability(entry, f).err()),
+            options: catalogue::options(entry.bt),
+        })
+        .collect();
+    Ok((rows, facts))
+}
+
+/// Writes `--list`.
+pub fn write_list(
+    out: &mut impl Write,
+    rows: &[Listed],
+    facts: Option<&target::Facts>,
+) -> std::io::Result<()> {
+    if let Some(facts) = facts {
+        writeln!(
+            out,
+            "PID {} ({}): {}; C library {}",
+            facts.pid,
+            crate::report::collapsed::truncate(&facts.command_line, 60),
+            match &facts.python {
+                Ok(p) => format!(
+                    "Python {} in {}{}",
+                    p.version,
+                    p.binary.display(),
+                    match p.frames() {
+                        Ok(_) => ", Python frames readable".to_string(),
+                        Err(why) => format!(", Python frames not readable: {why}"),
+                    }
+                ),
+                Err(why) => format!("not CPython ({why})"),
+            },
+            facts
+                .libc
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "not mapped".into())
+        )?;
+        writeln!(out)?;
+    }
+    for row in rows {
+        let verdict = match (row.runs_here, &row.why_not) {
+            (None, _) => String::new(),
+            (Some(true), _) => "  [runs here]".to_string(),
+            (Some(false), why) => format!("  [cannot run here: {}]", why.as_deref().unwrap_or("")),
+        };
+        writeln!(out, "{:<20} {}{verdict}", row.name, row.shows)?;
+        for option in &row.options {
+            writeln!(
+                out,
+                "{:<20}   -D {}={}  {}",
+                "", option.name, option.default, option.help
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Lines bpftrace prints on stderr that say nothing about the run (this kernel has no tracefs
+/// mounted, so detaching uprobes through it fails harmlessly; the memlock limit is not needed
+/// with a memcg-accounted kernel).
+fn noise(line: &str) -> bool {
+    line.contains("RLIMIT_MEMLOCK")
+        || line.contains("uprobe_events")
+        || line.contains("failed to detach probe")
+        || line.trim().is_empty()
+}
+
+enum Line {
+    Out(String),
+    OutClosed,
+}
+
+/// Runs a prepared script until Ctrl-C (`stop`), `--duration` or the target's exit.
+pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<Report> {
+    check_root(prepared.backend)?;
+    let file = std::env::temp_dir().join(format!(
+        "pymemtrace-{}-{}.{}",
+        std::process::id(),
+        prepared.entry.name,
+        if prepared.backend == Backend::Dtrace {
+            "d"
+        } else {
+            "bt"
+        }
+    ));
+    std::fs::write(&file, &prepared.text)
+        .map_err(|e| Error::internal(format!("cannot write {}: {e}", file.display())))?;
+    let _remove = RemoveOnDrop(file.clone());
+    let mut command = Command::new(&prepared.tracer);
+    match prepared.backend {
+        Backend::Bpftrace => {
+            command
+                .arg("-p")
+                .arg(options.pid.to_string())
+                .arg(&file)
+                // Long enough for file names; maps big enough for a busy target's live blocks.
+                .env("BPFTRACE_STRLEN", "200")
+                .env("BPFTRACE_MAP_KEYS_MAX", "65536")
+                .env("BPFTRACE_NO_CPP_DEMANGLE", "1");
+        }
+        Backend::Dtrace => {
+            command
+                .arg("-q")
+                .arg("-p")
+                .arg(options.pid.to_string())
+                .arg("-s")
+                .arg(&file);
+        }
+    }
+    {
+        use std::os::unix::process::CommandExt;
+        // Its own process group: a terminal's Ctrl-C reaches only us, and we stop the tracer once.
+        command.process_group(0);
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::TracerUnavailable,
+                format!("cannot start {}: {e}", prepared.tracer.display()),
+            )
+        })?;
+    let (sender, receiver) = mpsc::channel();
+    let stdout = child.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        let reader = BufReader::new(stdout);
+        for line in reader.lines() {
+            match line {
+                Ok(line) => {
+                    if sender.send(Line::Out(line)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = sender.send(Line::OutClosed);
+    });
+    let mut stderr = child.stderr.take().expect("piped");
+    let stderr_thread = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut text = String::new();
+    let mut started_at: Option<Instant> = None;
+    let mut stop_sent: Option<Instant> = None;
+    let mut end = "target exited";
+    let stdout_handle = std::io::stdout();
+    loop {
+        match receiver.recv_timeout(Duration::from_millis(20)) {
+            Ok(Line::Out(line)) => {
+                if options.raw {
+                    let mut out = stdout_handle.lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+                if started_at.is_none() && line.starts_with("PMT start") {
+                    started_at = Some(Instant::now());
+                    eprintln!(
+                        "pymemtrace: tracing PID {} with {} ({}){}; Ctrl-C to stop and report",
+                        options.pid,
+                        prepared.entry.name,
+                        prepared.backend.name(),
+                        options
+                            .duration
+                            .map(|d| format!(" for {d} s"))
+                            .unwrap_or_default()
+                    );
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
+            Ok(Line::OutClosed) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if stop_sent.is_none() {
+            let timed_out = match (options.duration, started_at) {
+                (Some(d), Some(start)) => start.elapsed().as_secs_f64() >= d,
+                _ => false,
+            };
+            if stop.load(Ordering::Relaxed) || timed_out {
+                end = if timed_out {
+                    "duration reached"
+                } else {
+                    "interrupted"
+                };
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+                stop_sent = Some(Instant::now());
+            }
+        } else if stop_sent.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
+            // The tracer did not finish printing within a minute: end it; what it printed stays.
+            let _ = child.kill();
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error::internal(format!("waiting for the tracer: {e}")))?;
+    let stderr_text = stderr_thread.join().unwrap_or_default();
+    // bpftrace reports each stack the kernel could not walk (no frame pointers) when printing.
+    let lost_stacks = stderr_text
+        .lines()
+        .filter(|l| l.contains("failed to look up stack id"))
+        .count();
+    let errors: Vec<String> = stderr_text
+        .lines()
+        .filter(|l| !noise(l) && !l.contains("failed to look up stack id"))
+        .map(str::to_string)
+        .collect();
+    let seconds = started_at.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", options.pid)).unwrap_or_default();
+    let parsed = parse::parse(&text);
+    if !parsed.started {
+        let target_gone = !crate::target::is_alive(options.pid);
+        return Err(if target_gone {
+            Error::new(
+                ErrorKind::NoSuchProcess,
+                format!("PID {} exited before the probes were attached", options.pid),
+            )
+        } else {
+            Error::internal(format!(
+                "{} failed ({status}) before attaching its probes: {}",
+                prepared.backend.name(),
+                if errors.is_empty() {
+                    "no message".to_string()
+                } else {
+                    errors.join(" | ")
+                }
+            ))
+        });
+    }
+    for line in &errors {
+        eprintln!("pymemtrace: {}: {line}", prepared.backend.name());
+    }
+    if lost_stacks > 0 {
+        eprintln!(
+            "pymemtrace: {lost_stacks} native stacks could not be walked (code without frame \
+             pointers); those blocks show their caller only"
+        );
+    }
+    let meta = Report {
+        script: prepared.entry.name.to_string(),
+        backend: prepared.backend.name().to_string(),
+        pid: options.pid,
+        command: prepared.facts.command_line.clone(),
+        python: prepared
+            .facts
+            .python
+            .as_ref()
+            .ok()
+            .map(|p| p.version.clone()),
+        seconds,
+        end: end.to_string(),
+        complete: false,
+        per_second: Vec::new(),
+        totals: Vec::new(),
+        histograms: Vec::new(),
+        threads: Vec::new(),
+        python_functions: Vec::new(),
+        outstanding: None,
+        collections: Vec::new(),
+        flow: Vec::new(),
+        flow_events: 0,
+    };
+    Ok(report::build(
+        &parsed,
+        meta,
+        &report::ReadOptions {
+            min_age_ms: prepared.min_age_ms,
+            maps,
+        },
+    ))
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defines() {
+        assert_eq!(
+            parse_defines(&["per_thread".into(), "min_age_ms=500".into()]).unwrap(),
+            [
+                ("per_thread".to_string(), "1".to_string()),
+                ("min_age_ms".to_string(), "500".to_string())
+            ]
+        );
+        assert!(parse_defines(&["a b=1".into()]).is_err());
+        assert!(parse_defines(&["=1".into()]).is_err());
+    }
+}
