@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use pymemtrace::attribution::Profile;
 use pymemtrace::error::{Error, ErrorKind, Result};
 use pymemtrace::memory::{human_bytes, human_delta, page_size};
+use pymemtrace::report::atomic::{self, AtomicFile};
 use pymemtrace::report::cpymemtrace::LogWriter;
 use pymemtrace::report::{self, Format, Meta, Output, ReportOptions};
 use pymemtrace::sampler::{self, Change, ChargePolicy, Observer, Progress, Settings};
@@ -205,18 +206,15 @@ fn positive_seconds(name: &str, value: Option<f64>) -> Result<()> {
     }
 }
 
-/// Opens a JSON output now, so that a bad path fails before the target is touched.
-fn json_output(path: &Option<PathBuf>) -> Result<Option<std::fs::File>> {
-    path.as_ref()
-        .map(|path| {
-            std::fs::File::create(path).map_err(|err| {
-                Error::new(
-                    ErrorKind::OutputNotWritable,
-                    format!("cannot write `{}`: {err}", path.display()),
-                )
-            })
-        })
-        .transpose()
+/// Checks a JSON output now, so that a bad path fails before the target is touched (nothing is
+/// created until the result is written, atomically).
+fn json_output(path: &Option<PathBuf>) -> Result<()> {
+    match path {
+        Some(path) => {
+            atomic::check_writable(path).map_err(|err| atomic::not_writable(path, true, err))
+        }
+        None => Ok(()),
+    }
 }
 
 fn stop_flag() -> Result<Arc<AtomicBool>> {
@@ -227,18 +225,12 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-fn write_json(
-    file: Option<std::fs::File>,
-    path: &Option<PathBuf>,
-    value: &serde_json::Value,
-) -> Result<()> {
-    if let (Some(file), Some(path)) = (file, path) {
-        serde_json::to_writer_pretty(std::io::BufWriter::new(file), value).map_err(|err| {
-            Error::new(
-                ErrorKind::OutputNotWritable,
-                format!("writing `{}` failed: {err}", path.display()),
-            )
-        })?;
+fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<()> {
+    if let Some(path) = path {
+        atomic::write_stream_atomically(path, |out| {
+            serde_json::to_writer_pretty(out, value).map_err(std::io::Error::from)
+        })
+        .map_err(|err| atomic::not_writable(path, false, err))?;
         eprintln!("pymemtrace: wrote {}", path.display());
     }
     Ok(())
@@ -250,7 +242,7 @@ fn tracemalloc(args: TracemallocArgs) -> Result<()> {
     if args.frames == 0 || args.frames > 1000 {
         return Err(Error::usage("--frames must be between 1 and 1000"));
     }
-    let json_file = json_output(&args.json)?;
+    json_output(&args.json)?;
     let stop = stop_flag()?;
     let options = pymemtrace::tracemalloc::TracemallocOptions {
         pid: args.pid,
@@ -261,22 +253,12 @@ fn tracemalloc(args: TracemallocArgs) -> Result<()> {
         timeout: args.timeout,
         method: args.method,
     };
-    let result = pymemtrace::tracemalloc::compare(&options, &stop);
-    let result = match result {
-        Ok(result) => result,
-        Err(err) => {
-            if let Some(path) = &args.json {
-                let _ = std::fs::remove_file(path);
-            }
-            return Err(err);
-        }
-    };
+    let result = pymemtrace::tracemalloc::compare(&options, &stop)?;
     let command = pymemtrace::memory::process::command_of(args.pid as u32).unwrap_or_default();
     let stdout = std::io::stdout();
     pymemtrace::tracemalloc::write_table(&mut stdout.lock(), &result, &command)
         .map_err(|err| Error::internal(format!("cannot write to stdout: {err}")))?;
     write_json(
-        json_file,
         &args.json,
         &serde_json::to_value(&result).map_err(|e| Error::internal(e.to_string()))?,
     )
@@ -285,23 +267,15 @@ fn tracemalloc(args: TracemallocArgs) -> Result<()> {
 fn mallocstats(args: MallocstatsArgs) -> Result<()> {
     positive_seconds("--duration", args.duration)?;
     positive_seconds("--timeout", Some(args.timeout))?;
-    let json_file = json_output(&args.json)?;
+    json_output(&args.json)?;
     let stop = stop_flag()?;
-    let captures = match pymemtrace::mallocstats::command::compare(
+    let captures = pymemtrace::mallocstats::command::compare(
         args.pid,
         args.duration,
         args.timeout,
         args.method,
         &stop,
-    ) {
-        Ok(captures) => captures,
-        Err(err) => {
-            if let Some(path) = &args.json {
-                let _ = std::fs::remove_file(path);
-            }
-            return Err(err);
-        }
-    };
+    )?;
     let command = pymemtrace::memory::process::command_of(args.pid as u32).unwrap_or_default();
     println!(
         "pymemtrace mallocstats: PID {} ({}), {:.1} s between captures",
@@ -313,7 +287,6 @@ fn mallocstats(args: MallocstatsArgs) -> Result<()> {
     println!();
     print!("{}", pymemtrace::mallocstats::render_diff(&captures.diff));
     write_json(
-        json_file,
         &args.json,
         &serde_json::json!({
             "pid": args.pid,
@@ -439,7 +412,7 @@ struct AttachArgs {
     pid: Option<i32>,
 
     /// Stop after this many seconds (default: until Ctrl-C or the target exits).
-    #[arg(short, long, value_name = "SECONDS")]
+    #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
     duration: Option<f64>,
 
     /// Write a report here; the format comes from the extension (repeat for several).
@@ -451,12 +424,17 @@ struct AttachArgs {
     format: Option<Format>,
 
     /// Stack reads per second while RSS is flat (the floor; while RSS moves they run at full speed).
-    #[arg(long, default_value_t = 100.0, value_name = "HZ")]
+    #[arg(
+        long,
+        default_value_t = 100.0,
+        value_name = "HZ",
+        allow_negative_numbers = true
+    )]
     rate: f64,
 
     /// Upper bound on stack reads per second (default: as fast as they go). Lowers the cost on a
     /// target whose memory moves all the time, but short bursts then go to whatever runs next.
-    #[arg(long, value_name = "HZ")]
+    #[arg(long, value_name = "HZ", allow_negative_numbers = true)]
     max_rate: Option<f64>,
 
     /// Pause the target during each stack read: exact stacks, at a cost to the target.
@@ -581,31 +559,15 @@ fn validate(args: &AttachArgs) -> Result<()> {
 
 fn attach(args: AttachArgs) -> Result<()> {
     validate(&args)?;
-    let mut outputs = Vec::new();
-    for path in &args.outputs {
-        match Output::create(path, args.format) {
-            Ok(output) => outputs.push(output),
-            Err(err) => {
-                remove_outputs(&outputs);
-                return Err(err);
-            }
-        }
-    }
-    let result = attach_and_report(&args, &mut outputs);
-    if result.is_err() {
-        remove_outputs(&outputs);
-    }
-    result
+    let outputs = args
+        .outputs
+        .iter()
+        .map(|path| Output::create(path, args.format))
+        .collect::<Result<Vec<_>>>()?;
+    attach_and_report(&args, &outputs)
 }
 
-/// Removes files created for a run that produced nothing, so no empty report is left behind.
-fn remove_outputs(outputs: &[Output]) {
-    for output in outputs {
-        let _ = std::fs::remove_file(&output.path);
-    }
-}
-
-fn attach_and_report(args: &AttachArgs, outputs: &mut [Output]) -> Result<()> {
+fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -658,19 +620,24 @@ fn attach_and_report(args: &AttachArgs, outputs: &mut [Output]) -> Result<()> {
 
     let rss_at_attach = pymemtrace::memory::rss_once(target.pid).unwrap_or(0);
     let trigger = args.trigger.unwrap_or_else(page_size);
+    // The event log is streamed into a temporary file that gets its name only when the run ends
+    // well (dropped on any error, it is removed).
     let mut log = None;
-    if let Some(index) = outputs.iter().position(|o| o.format == Format::Log) {
-        let output = &outputs[index];
-        let file = output
-            .file
-            .get_ref()
-            .try_clone()
-            .map_err(|e| output.write_error(e))?;
-        log = Some(
-            LogWriter::start(std::io::BufWriter::new(file), trigger, rss_at_attach)
+    if let Some(output) = outputs.iter().find(|o| o.format == Format::Log) {
+        let file = AtomicFile::create(&output.path)
+            .map_err(|e| atomic::not_writable(&output.path, true, e))?;
+        let stream = file.file().try_clone().map_err(|e| output.write_error(e))?;
+        log = Some((
+            LogWriter::start(std::io::BufWriter::new(stream), trigger, rss_at_attach)
                 .map_err(|e| output.write_error(e))?,
-        );
+            file,
+            output,
+        ));
     }
+    let (log, log_file) = match log {
+        Some((writer, file, output)) => (Some(writer), Some((file, output))),
+        None => (None, None),
+    };
     let mut observer = AttachObserver {
         log,
         live: LiveLine {
@@ -687,24 +654,22 @@ fn attach_and_report(args: &AttachArgs, outputs: &mut [Output]) -> Result<()> {
     }
     let recording = recording?;
 
-    if let Some(log) = observer.log.take() {
-        let output = outputs
-            .iter()
-            .find(|o| o.format == Format::Log)
-            .expect("log output exists");
+    if let (Some(log), Some((file, output))) = (observer.log.take(), log_file) {
         log.finish(
             recording.samples,
             recording.elapsed.as_secs_f64(),
             recording.rss_end,
             recording.end.describe(),
         )
+        .and_then(|mut stream| stream.flush())
+        .and_then(|()| file.commit())
         .map_err(|e| output.write_error(e))?;
     }
     let options = ReportOptions {
         released: args.released,
         top: args.top,
     };
-    for output in outputs.iter_mut() {
+    for output in outputs {
         report::write_report(output, &meta, &recording, options)?;
     }
 
@@ -725,6 +690,19 @@ fn attach_and_report(args: &AttachArgs, outputs: &mut [Output]) -> Result<()> {
     Ok(())
 }
 
+/// clap's parse error as the tool's one line: its first line without clap's own `error: `, and
+/// where to look next.
+fn one_line_usage_error(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let first = rendered
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("bad command line")
+        .trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{first} (see `pymemtrace --help`)")
+}
+
 fn main() {
     // Whatever happens, the user gets one line, never a backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -735,13 +713,13 @@ fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
-            let code = if err.use_stderr() {
-                ErrorKind::Usage.exit_code()
-            } else {
-                0
-            };
-            let _ = err.print();
-            std::process::exit(code);
+            if !err.use_stderr() {
+                // --help and --version.
+                let _ = err.print();
+                std::process::exit(0);
+            }
+            eprintln!("pymemtrace: error: {}", one_line_usage_error(&err));
+            std::process::exit(ErrorKind::Usage.exit_code());
         }
     };
     let outcome = std::panic::catch_unwind(|| match cli.command {

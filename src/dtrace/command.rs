@@ -1,11 +1,12 @@
 //! The `pymemtrace dtrace` command: --list, --print-script, or a run with its table and JSON.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
+use crate::report::atomic;
 
 use super::{choose_backend, list, parse_defines, prepare, run, write_list, Backend, Options};
 
@@ -85,47 +86,25 @@ pub fn run_command(options: CommandOptions) -> Result<()> {
             .map_err(stdout_error)?;
         return Ok(());
     }
-    // A bad --json path fails before the target is touched.
-    let json_file = options
-        .json
-        .as_ref()
-        .map(|path| {
-            std::fs::File::create(path).map_err(|err| {
-                Error::new(
-                    ErrorKind::OutputNotWritable,
-                    format!("cannot write `{}`: {err}", path.display()),
-                )
-            })
-        })
-        .transpose()?;
+    // A bad --json path fails before the target is touched (the file is written atomically at the end).
+    if let Some(path) = &options.json {
+        atomic::check_writable(path).map_err(|err| atomic::not_writable(path, true, err))?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
         ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
             .map_err(|err| Error::internal(format!("cannot install the Ctrl-C handler: {err}")))?;
     }
-    let report = match run(&prepared, &run_options, &stop) {
-        Ok(report) => report,
-        Err(err) => {
-            if let Some(path) = &options.json {
-                let _ = std::fs::remove_file(path);
-            }
-            return Err(err);
-        }
-    };
+    let report = run(&prepared, &run_options, &stop)?;
     if !options.raw {
         let mut out = stdout.lock();
         super::report::write_table(&mut out, &report, options.top)
             .and_then(|_| out.flush())
             .map_err(stdout_error)?;
     }
-    if let (Some(file), Some(path)) = (json_file, &options.json) {
-        serde_json::to_writer_pretty(std::io::BufWriter::new(file), &report).map_err(|err| {
-            Error::new(
-                ErrorKind::OutputNotWritable,
-                format!("writing `{}` failed: {err}", path.display()),
-            )
-        })?;
+    if let Some(path) = &options.json {
+        write_json(path, &report)?;
         eprintln!("pymemtrace: wrote {}", path.display());
     }
     if report.end == "target exited" {
@@ -134,17 +113,9 @@ pub fn run_command(options: CommandOptions) -> Result<()> {
     Ok(())
 }
 
-fn write_json(path: &PathBuf, value: &serde_json::Value) -> Result<()> {
-    let file = std::fs::File::create(path).map_err(|err| {
-        Error::new(
-            ErrorKind::OutputNotWritable,
-            format!("cannot write `{}`: {err}", path.display()),
-        )
-    })?;
-    serde_json::to_writer_pretty(std::io::BufWriter::new(file), value).map_err(|err| {
-        Error::new(
-            ErrorKind::OutputNotWritable,
-            format!("writing `{}` failed: {err}", path.display()),
-        )
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    atomic::write_stream_atomically(path, |out| {
+        serde_json::to_writer_pretty(out, value).map_err(std::io::Error::from)
     })
+    .map_err(|err| atomic::not_writable(path, false, err))
 }

@@ -32,6 +32,9 @@ use ptrace::PtraceError;
 pub struct Helper {
     pub name: &'static str,
     pub source: &'static str,
+    /// The oldest Python (major, minor) the helper works on: older targets are refused before
+    /// anything is sent (exit code 6) rather than left with a helper that cannot run.
+    pub min_version: (u64, u64),
 }
 
 const BOOTSTRAP: &str = include_str!("helpers/bootstrap.py");
@@ -40,12 +43,14 @@ const BOOTSTRAP: &str = include_str!("helpers/bootstrap.py");
 pub const MALLOCSTATS: Helper = Helper {
     name: "mallocstats",
     source: include_str!("helpers/mallocstats.py"),
+    min_version: (3, 3),
 };
 
 /// Starts tracemalloc and snapshots, then compares and restores (`pymemtrace tracemalloc`).
 pub const TRACEMALLOC: Helper = Helper {
     name: "tracemalloc",
     source: include_str!("helpers/tracemalloc.py"),
+    min_version: (3, 4),
 };
 
 /// Run if a late tracemalloc step finds the tool gone: put the target back as it was.
@@ -58,6 +63,7 @@ if state['started_by_us'] and tracemalloc.is_tracing():\n        tracemalloc.sto
 pub const PING: Helper = Helper {
     name: "ping",
     source: include_str!("helpers/ping.py"),
+    min_version: (2, 7),
 };
 
 /// How an injection runs.
@@ -161,7 +167,7 @@ impl Interpreter {
     }
 }
 
-fn find_interpreter(pid: i32) -> Result<Interpreter> {
+fn find_interpreter(pid: i32, helper: &Helper) -> Result<Interpreter> {
     let process = remoteprocess::Process::new(pid).map_err(|err| {
         Error::new(
             ErrorKind::NoSuchProcess,
@@ -182,6 +188,15 @@ fn find_interpreter(pid: i32) -> Result<Interpreter> {
                 format!("cannot tell the Python version of PID {pid} ({err:#})"),
             )
         })?;
+    if version < helper.min_version {
+        return Err(Error::new(
+            ErrorKind::UnsupportedVersion,
+            format!(
+                "PID {pid} runs Python {}.{}: the {} helper needs Python {}.{} or later; the target was not touched",
+                version.0, version.1, helper.name, helper.min_version.0, helper.min_version.1
+            ),
+        ));
+    }
     if version >= (3, 14) {
         return Ok(Interpreter {
             remote_exec: true,
@@ -616,7 +631,7 @@ pub fn run_helper_with_fallback(
 ) -> Result<(Value, Timing)> {
     let started = Instant::now();
     crate::target::check_process(pid)?;
-    let interpreter = find_interpreter(pid)?;
+    let interpreter = find_interpreter(pid, helper)?;
     let (uid, gid) = target_ids(pid)?;
     let channel = channel::Channel::open(pid, uid, gid).map_err(|err| {
         helper_error(format!(

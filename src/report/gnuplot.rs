@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime};
 
 use plotters::style::RGBColor;
 
+use super::atomic::write_atomically;
 use super::plot::{
     finite_points, fitting_exponent, legend_processes, power_of_ten_text, process_legend,
-    single_line, with_minimum_span, write_atomically, CPU_COLOUR, FAULTS_COLOUR, LABEL_COLOUR,
-    PLOT_SIZE, PROCESS_COLOURS, UNLISTED_PROCESS_COLOUR,
+    single_line, with_minimum_span, CPU_COLOUR, FAULTS_COLOUR, LABEL_COLOUR, PLOT_SIZE,
+    PROCESS_COLOURS, UNLISTED_PROCESS_COLOUR,
 };
 use crate::timeline::{Point, ProcessSeries, Timeline};
 

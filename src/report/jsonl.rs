@@ -13,6 +13,7 @@ use crate::timeline::Tick;
 pub struct JsonlWriter {
     path: PathBuf,
     file: BufWriter<File>,
+    rows: u64,
 }
 
 impl JsonlWriter {
@@ -27,6 +28,7 @@ impl JsonlWriter {
         Ok(JsonlWriter {
             path: path.to_path_buf(),
             file: BufWriter::new(file),
+            rows: 0,
         })
     }
 
@@ -34,10 +36,16 @@ impl JsonlWriter {
         &self.path
     }
 
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
     fn write_rows(&mut self, rows: &[Tick]) -> std::io::Result<()> {
         for row in rows {
             serde_json::to_writer(&mut self.file, row)?;
             self.file.write_all(b"\n")?;
+            self.rows += 1;
         }
         self.file.flush()
     }

@@ -1,5 +1,6 @@
 //! Output formats. Writers see only plain data ([`Meta`] and a [`Recording`]), never the target.
 
+pub mod atomic;
 pub mod collapsed;
 pub mod cpymemtrace;
 pub mod gnuplot;
@@ -10,11 +11,9 @@ pub mod process_table;
 pub mod speedscope;
 pub mod table;
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::sampler::Recording;
 
 /// What the reports say about the run besides the samples.
@@ -72,15 +71,17 @@ impl Format {
     }
 }
 
-/// An output file, created (and so checked for writability) before sampling begins.
+/// An output file of `attach`, checked for writability before sampling begins and written
+/// atomically at the end (see [`atomic`]). The event log is streamed during the run into an
+/// [`atomic::AtomicFile`] that gets its name when the run ends well.
 pub struct Output {
     pub path: PathBuf,
     pub format: Format,
-    pub file: BufWriter<File>,
 }
 
 impl Output {
-    /// Creates the file now so that a bad path fails before a long run, not after it.
+    /// Checks now that the file can be written, so that a bad path fails before a long run, not
+    /// after it. Creates nothing.
     pub fn create(path: &Path, format: Option<Format>) -> Result<Output> {
         let format = match format.or_else(|| Format::from_path(path)) {
             Some(format) => format,
@@ -92,24 +93,15 @@ impl Output {
                 )))
             }
         };
-        let file = File::create(path).map_err(|err| {
-            Error::new(
-                ErrorKind::OutputNotWritable,
-                format!("cannot write `{}`: {err}", path.display()),
-            )
-        })?;
+        atomic::check_writable(path).map_err(|err| atomic::not_writable(path, true, err))?;
         Ok(Output {
             path: path.to_path_buf(),
             format,
-            file: BufWriter::new(file),
         })
     }
 
     pub fn write_error(&self, err: std::io::Error) -> Error {
-        Error::new(
-            ErrorKind::OutputNotWritable,
-            format!("writing `{}` failed: {err}", self.path.display()),
-        )
+        atomic::not_writable(&self.path, false, err)
     }
 }
 
@@ -122,27 +114,28 @@ pub struct ReportOptions {
     pub top: usize,
 }
 
-/// Writes one finished report (every format but the streamed event log).
+/// Writes one finished report (every format but the streamed event log), atomically.
 pub fn write_report(
-    out: &mut Output,
+    out: &Output,
     meta: &Meta,
     recording: &Recording,
     options: ReportOptions,
 ) -> Result<()> {
-    let result = match out.format {
-        Format::Table => table::write(&mut out.file, meta, recording, options.top),
-        Format::Collapsed => collapsed::write(&mut out.file, &recording.profile, options.released),
-        Format::Svg => {
-            collapsed::write_flamegraph(&mut out.file, meta, &recording.profile, options.released)
-        }
-        Format::Speedscope => speedscope::write(&mut out.file, meta, &recording.profile),
-        Format::Json => json::write(&mut out.file, meta, recording),
+    if out.format == Format::Log {
         // Streamed while sampling; see cpymemtrace::LogWriter.
+        return Ok(());
+    }
+    atomic::write_stream_atomically(&out.path, |file| match out.format {
+        Format::Table => table::write(file, meta, recording, options.top),
+        Format::Collapsed => collapsed::write(file, &recording.profile, options.released),
+        Format::Svg => {
+            collapsed::write_flamegraph(file, meta, &recording.profile, options.released)
+        }
+        Format::Speedscope => speedscope::write(file, meta, &recording.profile),
+        Format::Json => json::write(file, meta, recording),
         Format::Log => Ok(()),
-    };
-    result
-        .and_then(|_| out.file.flush())
-        .map_err(|err| out.write_error(err))
+    })
+    .map_err(|err| out.write_error(err))
 }
 
 /// `function (file:line)`, the frame label of py-spy's collapsed stacks.

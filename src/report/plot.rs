@@ -4,7 +4,6 @@
 //! Text is drawn with DejaVu Sans compiled into the binary, so plotting needs no system fonts (many
 //! servers and CI machines have no fontconfig).
 
-use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::ops::Range;
@@ -17,6 +16,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{register_font, FontStyle, FontTransform};
 
+use super::atomic::write_atomically;
 use crate::timeline::{Point, ProcessSeries, Timeline};
 
 /// The size of the original pymemtrace's gnuplot PNG, kept so plots of both tools compare.
@@ -72,32 +72,6 @@ pub fn write_plot(timeline: &Timeline, path: &Path) -> io::Result<()> {
             write_atomically(path, "", |temporary| fs::write(temporary, svg.as_bytes()))
         }
     }
-}
-
-/// Writes `target` by way of a hidden sibling, `.NAME.tmp-PID` followed by `temporary_suffix`,
-/// renamed over it at the end: readers never see a half-written file, and a failed write leaves
-/// an earlier file intact. `write` is given the temporary path.
-pub(super) fn write_atomically(
-    target: &Path,
-    temporary_suffix: &str,
-    write: impl FnOnce(&Path) -> io::Result<()>,
-) -> io::Result<()> {
-    let name = target.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("`{}` does not name a file", target.display()),
-        )
-    })?;
-    let mut temporary_name = OsString::from(".");
-    temporary_name.push(name);
-    temporary_name.push(format!(".tmp-{}{temporary_suffix}", std::process::id()));
-    let temporary = target.with_file_name(temporary_name);
-    let result = write(&temporary).and_then(|()| fs::rename(&temporary, target));
-    if result.is_err() {
-        // Best effort: the write may have failed before creating it.
-        let _ = fs::remove_file(&temporary);
-    }
-    result
 }
 
 /// The family name every text style of the plot asks for.

@@ -117,6 +117,40 @@ fn permission_error(pid: i32) -> Error {
     )
 }
 
+/// The kernel's flag for its own threads in /proc/PID/stat (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// True when `pid` is a kernel thread (kthreadd, kworker/...): no user memory, no program.
+pub fn is_kernel_thread(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the command name (which may hold spaces and parentheses): state is the 3rd
+    // field of the line, flags the 9th.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    rest.split_whitespace()
+        .nth(6)
+        .and_then(|flags| flags.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// Refuses kernel threads with one line (exit code 4): they have no memory of their own to read.
+pub fn check_not_kernel_thread(pid: i32) -> Result<()> {
+    if is_kernel_thread(pid) {
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        return Err(Error::new(
+            ErrorKind::NotPython,
+            format!(
+                "PID {pid} ({}) is a kernel thread, not a program: it has no memory of its own to follow",
+                name.trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that `pid` names a live process whose memory we may read; says precisely what is wrong if not.
 pub fn check_process(pid: i32) -> Result<()> {
     if pid <= 0 {
@@ -139,6 +173,7 @@ pub fn check_process(pid: i32) -> Result<()> {
         }
         Some(_) => {}
     }
+    check_not_kernel_thread(pid)?;
     // /proc/PID/maps is guarded by the same ptrace access check as reading the memory itself.
     match std::fs::File::open(format!("/proc/{pid}/maps")) {
         Ok(_) => Ok(()),
@@ -290,6 +325,19 @@ pub fn stop_child(child: &mut Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kthreadd_is_a_kernel_thread_and_we_are_not() {
+        assert!(!is_kernel_thread(std::process::id() as i32));
+        // PID 2 is kthreadd outside containers with their own PID namespace.
+        if std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd") {
+            assert!(is_kernel_thread(2));
+            assert_eq!(
+                check_not_kernel_thread(2).unwrap_err().kind,
+                ErrorKind::NotPython
+            );
+        }
+    }
 
     #[test]
     fn own_process_is_alive() {

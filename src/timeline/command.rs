@@ -73,24 +73,11 @@ fn validate(options: &ProcessOptions) -> Result<()> {
     Ok(())
 }
 
-/// Checks now that a file written at the end of the run can be written, so a bad path fails
-/// before an hour of recording rather than after. Leaves nothing behind.
+/// Checks now that a file written at the end of the run (or the streamed log) can be written, so
+/// a bad path fails before an hour of recording rather than after. Leaves nothing behind.
 fn check_writable(path: &Path) -> Result<()> {
-    let existed = path.exists();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|err| {
-            Error::new(
-                ErrorKind::OutputNotWritable,
-                format!("cannot write `{}`: {err}", path.display()),
-            )
-        })?;
-    if !existed {
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(())
+    crate::report::atomic::check_writable(path)
+        .map_err(|err| crate::report::atomic::not_writable(path, true, err))
 }
 
 fn gnuplot_paths(prefix: &Path) -> [PathBuf; 2] {
@@ -178,7 +165,7 @@ fn own_cpu_seconds() -> f64 {
 
 pub fn run_process(options: ProcessOptions) -> Result<()> {
     validate(&options)?;
-    for path in &options.plots {
+    for path in options.output.iter().chain(&options.plots) {
         check_writable(path)?;
     }
     if let Some(prefix) = &options.gnuplot {
@@ -255,10 +242,6 @@ fn record(options: &ProcessOptions) -> Result<()> {
     if let Some(pid) = options.pid {
         run::check_target(pid, options.smaps)?;
     }
-    let log = match &options.output {
-        Some(path) => Some(JsonlWriter::create(path)?),
-        None => None,
-    };
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -274,6 +257,20 @@ fn record(options: &ProcessOptions) -> Result<()> {
         None
     } else {
         Some(spawn(&options.command, labels.is_some())?)
+    };
+    // The log is created only now that the run can start (its path was checked before), so that a
+    // failure before the first tick leaves no empty file.
+    let log = match &options.output {
+        Some(path) => match JsonlWriter::create(path) {
+            Ok(log) => Some(log),
+            Err(err) => {
+                if let Some(child) = child.as_mut() {
+                    crate::target::stop_child(child);
+                }
+                return Err(err);
+            }
+        },
+        None => None,
     };
     let root = options
         .pid
@@ -320,10 +317,17 @@ fn record(options: &ProcessOptions) -> Result<()> {
         &mut fanout,
     );
     let cpu_used = own_cpu_seconds() - cpu_before;
+    let log_rows = fanout.log.as_ref().map_or(0, JsonlWriter::rows);
     drop(fanout);
     if let Some(child) = child.as_mut() {
         // The program is ours: end it if the run stopped first, and reap it.
         crate::target::stop_child(child);
+    }
+    if outcome.is_err() && log_rows == 0 {
+        if let Some(path) = &log_path {
+            // Nothing was recorded: leave no empty log behind.
+            let _ = std::fs::remove_file(path);
+        }
     }
     let stats = outcome?;
     if let Some(path) = &log_path {

@@ -97,7 +97,7 @@ pub fn check_target(pid: i32, smaps: bool) -> Result<()> {
         )));
     }
     match ProcessReader::open(pid as u32, smaps).and_then(|mut r| r.read()) {
-        Ok(_) => Ok(()),
+        Ok(_) => crate::target::check_not_kernel_thread(pid),
         Err(ReadError::Exited) => Err(Error::new(
             ErrorKind::NoSuchProcess,
             format!("no running process with PID {pid}: check the PID with `ps`"),

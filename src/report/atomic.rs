@@ -1,0 +1,236 @@
+//! Every file the tool writes for the user is written atomically: into a hidden temporary sibling
+//! (`.NAME.tmp-PID`, same directory so the rename stays on one file system), synced, then renamed
+//! over the target. Readers never see a half-written file, a failed write leaves an earlier file
+//! intact, and a run that fails leaves nothing behind.
+//!
+//! The one exception is the `process -o FILE.jsonl` log, streamed and flushed every tick on purpose
+//! so that it survives a crash of the tool (see [`super::jsonl`]).
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ErrorKind};
+
+/// The hidden sibling `target` is written to before the rename: `.NAME.tmp-PID` followed by
+/// `temporary_suffix` (some encoders pick their format from the extension).
+pub fn temporary_path(target: &Path, temporary_suffix: &str) -> io::Result<PathBuf> {
+    let name = target.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("`{}` does not name a file", target.display()),
+        )
+    })?;
+    let mut temporary_name = OsString::from(".");
+    temporary_name.push(name);
+    temporary_name.push(format!(".tmp-{}{temporary_suffix}", std::process::id()));
+    Ok(target.with_file_name(temporary_name))
+}
+
+/// The directory `target` is written in ("." for a bare file name).
+fn directory_of(target: &Path) -> &Path {
+    match target.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// Checks now that `target` can be written at the end of a run, so that a bad path fails before a
+/// long recording rather than after it. Creates and removes the temporary file the final write
+/// will use: nothing is left behind, and an earlier file at `target` is not touched.
+pub fn check_writable(target: &Path) -> io::Result<()> {
+    let directory = directory_of(target);
+    match fs::metadata(directory) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("`{}` is not a directory", directory.display()),
+            ))
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the directory `{}` does not exist", directory.display()),
+            ))
+        }
+        _ => {}
+    }
+    if target.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "it is a directory",
+        ));
+    }
+    let temporary = temporary_path(target, "")?;
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)?;
+    fs::remove_file(&temporary)
+}
+
+/// Writes `target` by way of its temporary sibling (see [`temporary_path`]): `write` is given the
+/// temporary path; the file is synced and renamed over `target` once `write` succeeded, and
+/// removed if anything failed.
+pub fn write_atomically(
+    target: &Path,
+    temporary_suffix: &str,
+    write: impl FnOnce(&Path) -> io::Result<()>,
+) -> io::Result<()> {
+    let temporary = temporary_path(target, temporary_suffix)?;
+    let result = write(&temporary)
+        .and_then(|()| File::open(&temporary)?.sync_all())
+        .and_then(|()| fs::rename(&temporary, target));
+    if result.is_err() {
+        // Best effort: the write may have failed before creating it.
+        let _ = fs::remove_file(&temporary);
+    }
+    result
+}
+
+/// [`write_atomically`] for writers that want a buffered stream rather than a path.
+pub fn write_stream_atomically(
+    target: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    write_atomically(target, "", |temporary| {
+        let mut out = BufWriter::new(File::create(temporary)?);
+        write(&mut out)?;
+        out.flush()
+    })
+}
+
+/// A file streamed while a run goes on (the `attach` event log) that appears under its name only
+/// when [`AtomicFile::commit`] is called; dropped uncommitted, its temporary file is removed.
+#[derive(Debug)]
+pub struct AtomicFile {
+    target: PathBuf,
+    temporary: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl AtomicFile {
+    /// Creates the temporary file now (which also checks that `target` can be written).
+    pub fn create(target: &Path) -> io::Result<AtomicFile> {
+        check_writable(target)?;
+        let temporary = temporary_path(target, "")?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)?;
+        Ok(AtomicFile {
+            target: target.to_path_buf(),
+            temporary,
+            file,
+            committed: false,
+        })
+    }
+
+    /// The open temporary file, to write to.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Syncs what was written and gives the file its name.
+    pub fn commit(mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        fs::rename(&self.temporary, &self.target)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.temporary);
+        }
+    }
+}
+
+/// The error for an output that cannot be written before the run (`cannot write`) or at its end
+/// (`writing ... failed`): exit code 7 either way.
+pub fn not_writable(path: &Path, early: bool, err: io::Error) -> Error {
+    let what = if early { "cannot write" } else { "writing" };
+    let tail = if early { "" } else { " failed" };
+    Error::new(
+        ErrorKind::OutputNotWritable,
+        format!("{what} `{}`{tail}: {err}", path.display()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("pymemtrace-atomic-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_earlier_file_and_no_temporary() {
+        let dir = scratch("fail");
+        let target = dir.join("out.json");
+        fs::write(&target, "old").unwrap();
+        let err = write_stream_atomically(&target, |out| {
+            out.write_all(b"half")?;
+            Err(io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "old");
+        assert_eq!(entries(&dir), ["out.json"]);
+        write_stream_atomically(&target, |out| out.write_all(b"new")).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "new");
+        assert_eq!(entries(&dir), ["out.json"]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_writability_check_leaves_nothing_behind() {
+        let dir = scratch("check");
+        check_writable(&dir.join("out.svg")).unwrap();
+        assert!(entries(&dir).is_empty());
+        let missing = check_writable(&dir.join("missing/out.svg")).unwrap_err();
+        assert!(missing.to_string().contains("does not exist"), "{missing}");
+        let is_dir = check_writable(&dir).unwrap_err();
+        assert!(is_dir.to_string().contains("directory"), "{is_dir}");
+        fs::write(dir.join("file"), "").unwrap();
+        let not_dir = check_writable(&dir.join("file/out.svg")).unwrap_err();
+        assert!(not_dir.to_string().contains("not a directory"), "{not_dir}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_atomic_file_appears_only_when_committed() {
+        let dir = scratch("stream");
+        let target = dir.join("run.log");
+        {
+            let file = AtomicFile::create(&target).unwrap();
+            (&mut file.file()).write_all(b"rows").unwrap();
+            assert!(!target.exists());
+        }
+        assert!(entries(&dir).is_empty(), "{:?}", entries(&dir));
+        let file = AtomicFile::create(&target).unwrap();
+        (&mut file.file()).write_all(b"rows").unwrap();
+        file.commit().unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "rows");
+        assert_eq!(entries(&dir), ["run.log"]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
