@@ -8,6 +8,7 @@ pub mod error;
 pub mod inject;
 pub mod mallocstats;
 pub mod memory;
+pub mod precise;
 pub mod report;
 pub mod sampler;
 pub mod target;

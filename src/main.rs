@@ -469,6 +469,15 @@ struct AttachArgs {
     #[arg(long, value_enum, default_value_t = ChargeArg::Before, hide = true)]
     charge: ChargeArg,
 
+    /// Charge every page of growth to the exact Python stack that touched it, counted by the
+    /// kernel (bpftrace on page faults and releases; needs root and bpftrace).
+    #[arg(long)]
+    precise: bool,
+
+    /// With --precise: innermost frames kept per stack (the rest folded).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    depth: u32,
+
     /// The command to start and follow (instead of --pid); sampling begins once its interpreter can be read.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -564,6 +573,16 @@ fn attach(args: AttachArgs) -> Result<()> {
         .iter()
         .map(|path| Output::create(path, args.format))
         .collect::<Result<Vec<_>>>()?;
+    if args.precise {
+        if let Some(log) = outputs.iter().find(|o| o.format == Format::Log) {
+            return Err(Error::usage(format!(
+                "{}: the .log event log is not written by --precise (it counts pages per stack, \
+                 not RSS changes over time); use .json, .txt, .svg, .speedscope.json or .table",
+                log.path.display()
+            )));
+        }
+        pymemtrace::precise::check_available()?;
+    }
     attach_and_report(&args, &outputs)
 }
 
@@ -594,6 +613,7 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
         threads: args.threads,
         idle: args.idle,
         tool_version: pymemtrace::VERSION.to_string(),
+        mode: args.precise.then(|| pymemtrace::precise::MODE.to_string()),
     };
     eprintln!(
         "pymemtrace: sampling PID {} ({}, Python {}){}; Ctrl-C to stop and report",
@@ -646,7 +666,19 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
         },
     };
 
-    let recording = sampler::run(&mut target, &settings, &stop, &mut observer);
+    let recording = if args.precise {
+        pymemtrace::precise::run(
+            &pymemtrace::precise::Options {
+                pid: target.pid,
+                duration: args.duration,
+                depth: args.depth,
+                threads: args.threads,
+            },
+            &stop,
+        )
+    } else {
+        sampler::run(&mut target, &settings, &stop, &mut observer)
+    };
     observer.live.clear();
     if let Some(child) = target.child.as_mut() {
         // In spawn mode the program is ours: end it if sampling stopped first, and reap it.

@@ -213,11 +213,99 @@ pub const KNOWN_FACTS: &[&str] = &[
     "OFFSET_STR_DATA",
     "THREAD_SELF",
     "TSTATE_FRAME",
+    "PY_THREAD_FRAME",
     "GC_START",
     "GC_DONE",
     "GC_GENERATION",
     "GC_COLLECTED",
 ];
+
+/// The bpftrace code that finds the calling thread's thread state (`$me`) and current Python frame
+/// (`$frame`), shared by every script that reads Python frames (`@PY_THREAD_FRAME@` in a script)
+/// and by `attach --precise` (src/precise/). It needs the frame facts and `@max_threads@`.
+pub const PY_THREAD_FRAME: &str = include_str!("../../probes/fragments/py_thread_frame.bt");
+
+/// The values of the facts placeholders (every UPPERCASE one but the py_gc ones) for this target.
+pub fn fact_values(facts: &Facts, backend_is_dtrace: bool) -> BTreeMap<String, String> {
+    let mut values = BTreeMap::new();
+    let mut set = |k: &str, v: String| {
+        values.insert(k.to_string(), v);
+    };
+    set("PID", facts.pid.to_string());
+    set(
+        "LIBC",
+        facts
+            .libc
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "libc.so.6".into()),
+    );
+    let python = facts.python.as_ref().ok();
+    set(
+        "PYTHON",
+        python
+            .map(|p| p.binary.display().to_string())
+            .unwrap_or_else(|| "python".into()),
+    );
+    match python.map(|p| p.frames()) {
+        Some(Ok((layout, runtime))) => {
+            set("PYFRAMES", "1".into());
+            set("RUNTIME", format!("{runtime:#x}"));
+            set(
+                "OFFSET_RUNTIME_INTERP_MAIN",
+                layout.runtime_interp_main.to_string(),
+            );
+            set(
+                "OFFSET_INTERP_THREADS_HEAD",
+                layout.interp_threads_head.to_string(),
+            );
+            set("OFFSET_TSTATE_NEXT", layout.tstate_next.to_string());
+            set(
+                "OFFSET_TSTATE_THREAD_ID",
+                layout.tstate_thread_id.to_string(),
+            );
+            set("OFFSET_FRAME_CODE", layout.frame_code.to_string());
+            set("OFFSET_CODE_NAME", layout.code_name.to_string());
+            set("OFFSET_CODE_FILENAME", layout.code_filename.to_string());
+            set(
+                "OFFSET_CODE_FIRSTLINENO",
+                layout.code_firstlineno.to_string(),
+            );
+            set("OFFSET_STR_DATA", layout.str_data.to_string());
+            set(
+                "THREAD_SELF",
+                if backend_is_dtrace {
+                    "tid".to_string()
+                } else {
+                    offsets::thread_self_expression(layout).to_string()
+                },
+            );
+            set(
+                "TSTATE_FRAME",
+                if backend_is_dtrace {
+                    offsets::frame_expression_d(layout)
+                } else {
+                    offsets::frame_expression(layout)
+                },
+            );
+        }
+        _ => {
+            set("PYFRAMES", "0".into());
+            set("RUNTIME", "0".into());
+            for name in KNOWN_FACTS.iter().filter(|n| n.starts_with("OFFSET_")) {
+                set(name, "0".into());
+            }
+            set("THREAD_SELF", "tid".into());
+            set("TSTATE_FRAME", "0".into());
+        }
+    }
+    values
+}
+
+/// [`PY_THREAD_FRAME`] filled in with `values` (which must hold the facts and `max_threads`).
+pub fn thread_frame_code(values: &BTreeMap<String, String>) -> Result<String, String> {
+    fill(PY_THREAD_FRAME, values)
+}
 
 /// How py_gc attaches for this target: (start probe, done probe, generation, collected), or why not.
 fn gc_probes(
@@ -314,78 +402,10 @@ pub fn values(
     defines: &[(String, String)],
     backend_is_dtrace: bool,
 ) -> Result<BTreeMap<String, String>, String> {
-    let mut values = BTreeMap::new();
+    let mut values = fact_values(facts, backend_is_dtrace);
     let mut set = |k: &str, v: String| {
         values.insert(k.to_string(), v);
     };
-    set("PID", facts.pid.to_string());
-    set(
-        "LIBC",
-        facts
-            .libc
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "libc.so.6".into()),
-    );
-    let python = facts.python.as_ref().ok();
-    set(
-        "PYTHON",
-        python
-            .map(|p| p.binary.display().to_string())
-            .unwrap_or_else(|| "python".into()),
-    );
-    match python.map(|p| p.frames()) {
-        Some(Ok((layout, runtime))) => {
-            set("PYFRAMES", "1".into());
-            set("RUNTIME", format!("{runtime:#x}"));
-            set(
-                "OFFSET_RUNTIME_INTERP_MAIN",
-                layout.runtime_interp_main.to_string(),
-            );
-            set(
-                "OFFSET_INTERP_THREADS_HEAD",
-                layout.interp_threads_head.to_string(),
-            );
-            set("OFFSET_TSTATE_NEXT", layout.tstate_next.to_string());
-            set(
-                "OFFSET_TSTATE_THREAD_ID",
-                layout.tstate_thread_id.to_string(),
-            );
-            set("OFFSET_FRAME_CODE", layout.frame_code.to_string());
-            set("OFFSET_CODE_NAME", layout.code_name.to_string());
-            set("OFFSET_CODE_FILENAME", layout.code_filename.to_string());
-            set(
-                "OFFSET_CODE_FIRSTLINENO",
-                layout.code_firstlineno.to_string(),
-            );
-            set("OFFSET_STR_DATA", layout.str_data.to_string());
-            set(
-                "THREAD_SELF",
-                if backend_is_dtrace {
-                    "tid".to_string()
-                } else {
-                    offsets::thread_self_expression(layout).to_string()
-                },
-            );
-            set(
-                "TSTATE_FRAME",
-                if backend_is_dtrace {
-                    offsets::frame_expression_d(layout)
-                } else {
-                    offsets::frame_expression(layout)
-                },
-            );
-        }
-        _ => {
-            set("PYFRAMES", "0".into());
-            set("RUNTIME", "0".into());
-            for name in KNOWN_FACTS.iter().filter(|n| n.starts_with("OFFSET_")) {
-                set(name, "0".into());
-            }
-            set("THREAD_SELF", "tid".into());
-            set("TSTATE_FRAME", "0".into());
-        }
-    }
     if entry.needs == Needs::GcProbes {
         let (start, done, generation, collected) = gc_probes(facts, backend_is_dtrace)?;
         set("GC_START", start.replace("@PID@", &facts.pid.to_string()));
@@ -421,6 +441,10 @@ pub fn values(
             ));
         }
         values.insert(name.clone(), value.clone());
+    }
+    if placeholders(script).iter().any(|p| p == "PY_THREAD_FRAME") {
+        let code = thread_frame_code(&values)?;
+        values.insert("PY_THREAD_FRAME".to_string(), code);
     }
     Ok(values)
 }
@@ -613,8 +637,11 @@ mod tests {
                     );
                 }
                 for option in &options {
+                    let used = placeholders(&code);
+                    let through_fragment = used.iter().any(|p| p == "PY_THREAD_FRAME")
+                        && placeholders(PY_THREAD_FRAME).contains(option);
                     assert!(
-                        placeholders(&code).contains(option) || option == "min_age_ms",
+                        used.contains(option) || through_fragment || option == "min_age_ms",
                         "{}.{kind}: option {option} is never used",
                         entry.name
                     );

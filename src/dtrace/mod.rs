@@ -316,28 +316,63 @@ enum Line {
     OutClosed,
 }
 
-/// Runs a prepared script until Ctrl-C (`stop`), `--duration` or the target's exit.
-pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<Report> {
-    check_root(prepared.backend)?;
+/// One run of a tracer on one script.
+pub struct TraceRequest<'a> {
+    pub backend: Backend,
+    pub tracer: &'a std::path::Path,
+    /// Names the temporary script file and, in the start message, what runs.
+    pub name: &'a str,
+    pub label: &'a str,
+    pub script: &'a str,
+    pub pid: i32,
+    pub duration: Option<f64>,
+    /// Pass the tracer's output through as it comes.
+    pub raw: bool,
+    /// Give bpftrace `-p PID` (it then ends with the target). Without it, the run is ended here
+    /// when the target exits: bpftrace 0.17 with `-p` places software perf events (page faults)
+    /// on the target in a way that never fires.
+    pub attach_pid: bool,
+}
+
+/// What the tracer printed, and how the run ended.
+pub struct TraceOutput {
+    pub text: String,
+    pub stderr: String,
+    pub status: std::process::ExitStatus,
+    /// Seconds from `PMT start` to the end (0 when it never started).
+    pub seconds: f64,
+    /// "duration reached", "interrupted" or "target exited".
+    pub end: &'static str,
+}
+
+/// Runs a script with its tracer until Ctrl-C (`stop`), `duration` after `PMT start`, or the
+/// target's exit, handing each line of its output to `on_line` as it comes.
+pub fn trace(
+    request: &TraceRequest<'_>,
+    stop: &AtomicBool,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<TraceOutput> {
+    check_root(request.backend)?;
     let file = std::env::temp_dir().join(format!(
         "pymemtrace-{}-{}.{}",
         std::process::id(),
-        prepared.entry.name,
-        if prepared.backend == Backend::Dtrace {
+        request.name,
+        if request.backend == Backend::Dtrace {
             "d"
         } else {
             "bt"
         }
     ));
-    std::fs::write(&file, &prepared.text)
+    std::fs::write(&file, request.script)
         .map_err(|e| Error::internal(format!("cannot write {}: {e}", file.display())))?;
     let _remove = RemoveOnDrop(file.clone());
-    let mut command = Command::new(&prepared.tracer);
-    match prepared.backend {
+    let mut command = Command::new(request.tracer);
+    match request.backend {
         Backend::Bpftrace => {
+            if request.attach_pid {
+                command.arg("-p").arg(request.pid.to_string());
+            }
             command
-                .arg("-p")
-                .arg(options.pid.to_string())
                 .arg(&file)
                 // Long enough for file names; maps big enough for a busy target's live blocks.
                 .env("BPFTRACE_STRLEN", "200")
@@ -348,7 +383,7 @@ pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<
             command
                 .arg("-q")
                 .arg("-p")
-                .arg(options.pid.to_string())
+                .arg(request.pid.to_string())
                 .arg("-s")
                 .arg(&file);
         }
@@ -366,7 +401,7 @@ pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<
         .map_err(|e| {
             Error::new(
                 ErrorKind::TracerUnavailable,
-                format!("cannot start {}: {e}", prepared.tracer.display()),
+                format!("cannot start {}: {e}", request.tracer.display()),
             )
         })?;
     let (sender, receiver) = mpsc::channel();
@@ -401,7 +436,7 @@ pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<
     loop {
         match receiver.recv_timeout(Duration::from_millis(20)) {
             Ok(Line::Out(line)) => {
-                if options.raw {
+                if request.raw {
                     let mut out = stdout_handle.lock();
                     let _ = writeln!(out, "{line}");
                     let _ = out.flush();
@@ -409,16 +444,16 @@ pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<
                 if started_at.is_none() && line.starts_with("PMT start") {
                     started_at = Some(Instant::now());
                     eprintln!(
-                        "pymemtrace: tracing PID {} with {} ({}){}; Ctrl-C to stop and report",
-                        options.pid,
-                        prepared.entry.name,
-                        prepared.backend.name(),
-                        options
+                        "pymemtrace: tracing PID {} with {}{}; Ctrl-C to stop and report",
+                        request.pid,
+                        request.label,
+                        request
                             .duration
                             .map(|d| format!(" for {d} s"))
                             .unwrap_or_default()
                     );
                 }
+                on_line(&line);
                 text.push_str(&line);
                 text.push('\n');
             }
@@ -426,12 +461,17 @@ pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if stop_sent.is_none() {
-            let timed_out = match (options.duration, started_at) {
+            let timed_out = match (request.duration, started_at) {
                 (Some(d), Some(start)) => start.elapsed().as_secs_f64() >= d,
                 _ => false,
             };
-            if stop.load(Ordering::Relaxed) || timed_out {
-                end = if timed_out {
+            let target_gone = !request.attach_pid
+                && started_at.is_some()
+                && !crate::target::is_alive(request.pid);
+            if stop.load(Ordering::Relaxed) || timed_out || target_gone {
+                end = if target_gone {
+                    "target exited"
+                } else if timed_out {
                     "duration reached"
                 } else {
                     "interrupted"
@@ -447,18 +487,56 @@ pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<
     let status = child
         .wait()
         .map_err(|e| Error::internal(format!("waiting for the tracer: {e}")))?;
-    let stderr_text = stderr_thread.join().unwrap_or_default();
+    let stderr = stderr_thread.join().unwrap_or_default();
+    Ok(TraceOutput {
+        text,
+        stderr,
+        status,
+        seconds: started_at.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+        end,
+    })
+}
+
+/// The tracer's stderr lines worth showing (without the harmless noise and lost-stack notes).
+pub fn tracer_errors(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| !noise(l) && !l.contains("failed to look up stack id"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs a prepared script until Ctrl-C (`stop`), `--duration` or the target's exit.
+pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<Report> {
+    let label = format!("{} ({})", prepared.entry.name, prepared.backend.name());
+    let output = trace(
+        &TraceRequest {
+            backend: prepared.backend,
+            tracer: &prepared.tracer,
+            name: prepared.entry.name,
+            label: &label,
+            script: &prepared.text,
+            pid: options.pid,
+            duration: options.duration,
+            raw: options.raw,
+            attach_pid: true,
+        },
+        stop,
+        &mut |_| {},
+    )?;
+    let TraceOutput {
+        text,
+        stderr: stderr_text,
+        status,
+        seconds,
+        end,
+    } = output;
     // bpftrace reports each stack the kernel could not walk (no frame pointers) when printing.
     let lost_stacks = stderr_text
         .lines()
         .filter(|l| l.contains("failed to look up stack id"))
         .count();
-    let errors: Vec<String> = stderr_text
-        .lines()
-        .filter(|l| !noise(l) && !l.contains("failed to look up stack id"))
-        .map(str::to_string)
-        .collect();
-    let seconds = started_at.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let errors = tracer_errors(&stderr_text);
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", options.pid)).unwrap_or_default();
     let parsed = parse::parse(&text);
     if !parsed.started {

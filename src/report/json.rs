@@ -63,6 +63,7 @@ pub fn to_value(meta: &Meta, recording: &Recording) -> Value {
     json!({
         "tool": "pymemtrace attach",
         "version": meta.tool_version,
+        "mode": meta.mode.as_deref().unwrap_or("sampling"),
         "target": {
             "pid": meta.pid,
             "command_line": meta.command_line,

@@ -29,6 +29,8 @@ pub struct Meta {
     pub threads: bool,
     pub idle: bool,
     pub tool_version: String,
+    /// How the figures were made, when not by sampling (`attach --precise`).
+    pub mode: Option<String>,
 }
 
 /// The output formats of `attach`.

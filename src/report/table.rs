@@ -38,6 +38,9 @@ pub fn write(
         truncate(&meta.command_line, 70),
         meta.python_version
     )?;
+    if let Some(mode) = &meta.mode {
+        writeln!(out, "mode: {mode}")?;
+    }
     let rate = recording
         .hot_rate()
         .map(|r| format!("; {:.0} stack reads/s while memory moved", r))
