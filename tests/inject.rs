@@ -493,6 +493,8 @@ fn already_running_exited_and_not_python() {
     }
     drop(target);
 
+    // A fresh path: a failed run leaves an existing file alone, and writes no new one.
+    let json = scratch.path("exited.json");
     let target = Target::start(&python, "sleep", &[]);
     let pid = target.pid();
     let mut run = tool()

@@ -132,18 +132,6 @@ fn usdt_probes(path: &Path) -> BTreeSet<String> {
     probes
 }
 
-fn command_line(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|&b| b == 0)
-                .filter(|part| !part.is_empty())
-                .map(|part| String::from_utf8_lossy(part).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
-}
-
 fn find_python(pid: i32, files: &[String]) -> std::result::Result<Python, String> {
     let process = remoteprocess::Process::new(pid).map_err(|e| format!("{e}"))?;
     let info = py_spy::python_process_info::PythonProcessInfo::new(&process)
@@ -204,7 +192,7 @@ pub fn inspect(pid: i32) -> Result<Facts> {
     let libc = find_libc(&files).map(|path| reachable(pid, path));
     Ok(Facts {
         pid,
-        command_line: command_line(pid),
+        command_line: crate::target::command_line(pid),
         libc,
         python: find_python(pid, &files),
     })

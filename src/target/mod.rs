@@ -77,7 +77,8 @@ pub fn is_alive(pid: i32) -> bool {
     matches!(process_state(pid), Some(state) if state != 'Z' && state != 'X')
 }
 
-fn command_line(pid: i32) -> String {
+/// The process's command line, arguments joined by spaces (empty if it cannot be read).
+pub fn command_line(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|raw| {
             raw.split(|&b| b == 0)
