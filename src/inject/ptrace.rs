@@ -100,8 +100,7 @@ pub struct Held {
 /// restored to its saved state if [`Held::release`] was not called.
 pub fn seize(tid: i32) -> Result<Held> {
     let pid = Pid::from_raw(tid);
-    // TRACESYSGOOD: system-call stops are told apart from SIGTRAPs (the stub ends in one).
-    match ptrace::seize(pid, ptrace::Options::PTRACE_O_TRACESYSGOOD) {
+    match ptrace::seize(pid, ptrace::Options::empty()) {
         Ok(()) => {}
         Err(Errno::EPERM) => {
             // EPERM is both "traced by someone else" and "not allowed": TracerPid tells them apart.
@@ -190,8 +189,6 @@ fn set_xstate(pid: Pid, xstate: &mut [u8]) -> Result<()> {
 enum Resume {
     Continue,
     Step,
-    /// Continue to the next system-call stop.
-    Syscall,
 }
 
 /// x86_64 `restart_syscall`: resumes a call through the thread's restart block.
@@ -250,7 +247,6 @@ impl Held {
                     let resumed = match resume {
                         Resume::Continue => ptrace::cont(self.tid, None),
                         Resume::Step => ptrace::step(self.tid, None),
-                        Resume::Syscall => ptrace::syscall(self.tid, None),
                     };
                     resumed.map_err(|e| failed("resuming after an unrelated stop", e))?;
                 }
@@ -298,17 +294,17 @@ impl Held {
         regs.rsp = (self.saved.rsp - 1024) & !15;
         regs.rip = page + entry;
         ptrace::setregs(self.tid, regs).map_err(|e| failed("PTRACE_SETREGS", e))?;
-        ptrace::syscall(self.tid, None).map_err(|e| failed("PTRACE_SYSCALL", e))?;
+        ptrace::cont(self.tid, None).map_err(|e| failed("PTRACE_CONT", e))?;
         let tid = self.tid;
         let stop = page + stub::RESUME_STOP;
+        // The stub's own signal, at the stub's own address; any other signal is held back.
         self.wait_for(
             limit,
             |s| {
-                matches!(s, WaitStatus::PtraceSyscall(_))
-                    && ptrace::getregs(tid)
-                        .is_ok_and(|r| r.rip == stop && r.orig_rax == stub::RESUME_SYSCALL)
+                matches!(s, WaitStatus::Stopped(_, signal) if *signal == stub::RESUME_SIGNAL)
+                    && ptrace::getregs(tid).is_ok_and(|r| r.rip == stop)
             },
-            Resume::Syscall,
+            Resume::Continue,
         )?;
         stall_for_tests(entry);
         Ok(())
@@ -317,7 +313,7 @@ impl Held {
     /// The registers the thread resumes with, by us or by the stub: as saved, except that an
     /// interrupted system call is entered again (what the kernel's own restart does), made to
     /// return EINTR, or re-issued, as `after` says. orig_rax -1: no restart logic of the kernel's
-    /// runs on top, and a stop at the stub's own system call does not execute it.
+    /// runs on top of ours (the stub stops just after a system call of its own).
     pub fn resume_registers(&self, after: AfterRelease) -> libc::user_regs_struct {
         let mut regs = self.saved;
         if let Some(number) = self.interrupted_syscall() {

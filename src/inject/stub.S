@@ -1,6 +1,6 @@
 # The code pymemtrace maps into a target thread (src/inject/stub.rs embeds these bytes).
-# Every entry point ends in `resume`, which first makes a harmless getpid system call (where the
-# tool, tracing system calls, takes the thread back and restores it itself), and then, if the tool
+# Every entry point ends in `resume`, which first sends its own thread SIGURG (tgkill; ignored by
+# default): the tool sees that signal, takes the thread back and restores it itself; then, if the tool
 # is gone, restores the thread on its own: vector state, general registers, flags, stack, and a
 # jump back to where it was stopped (re-entering an interrupted system call when there was one).
     .intel_syntax noprefix
@@ -35,6 +35,13 @@ direct:
 # 0x90
 resume:
     mov eax, 39
+    syscall
+    mov edi, eax
+    mov eax, 186
+    syscall
+    mov esi, eax
+    mov edx, 23
+    mov eax, 234
     syscall
     mov eax, 0xffffffff
     mov edx, 0xffffffff

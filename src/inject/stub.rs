@@ -5,9 +5,12 @@
 //! with SIGKILL in that window would kill the target too. So the calls go through a small stub
 //! (`stub.S`, assembled into `stub.bin`) that ends every entry point in `resume`:
 //!
-//! 1. a harmless `getpid` system call: the tool, tracing system calls, stops the thread there,
-//!    puts its registers back itself and lets it go (the normal path);
-//! 2. if nobody stopped it (the tool is gone), the stub restores the thread on its own from this
+//! 1. it sends its own thread SIGURG: the tool sees the signal as a stop (it does not deliver it),
+//!    puts the thread's registers back itself and lets it go (the normal path). A signal rather
+//!    than a system-call stop, so the helper's own system calls (a direct call makes hundreds,
+//!    each GIL hand-over among them) run at full speed;
+//! 2. if nobody stopped it (the tool is gone), SIGURG is ignored (unless the program handles it:
+//!    then its handler sees one spurious SIGURG), and the stub restores the thread on its own from this
 //!    page: the vector state (`xrstor`), flags, general registers and stack, then jumps back to
 //!    where the thread was stopped, re-entering the system call it was interrupted in.
 //!
@@ -23,10 +26,11 @@ const STUB: &[u8] = include_bytes!("stub.bin");
 pub const ENTRY_CHECK: u64 = 0x00;
 pub const ENTRY_PENDING: u64 = 0x20;
 pub const ENTRY_DIRECT: u64 = 0x50;
-/// Where rip points at the `getpid` system-call stop in `resume` (just after its `syscall`).
-pub const RESUME_STOP: u64 = 0x97;
-/// The system call `resume` makes (getpid: no effect, no failure).
-pub const RESUME_SYSCALL: u64 = 39;
+/// Where rip points when `resume` stops on its own signal (just after the tgkill `syscall`).
+pub const RESUME_STOP: u64 = 0xae;
+/// The signal `resume` sends its own thread: ignored by default, so harmless with nobody tracing;
+/// a tracer sees it as a stop without having to stop at every system call of the helper.
+pub const RESUME_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGURG;
 
 const FN_CHECK: usize = 0x180;
 const FN_ADD_PENDING: usize = 0x188;
