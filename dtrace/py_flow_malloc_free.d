@@ -37,7 +37,10 @@ BEGIN
 }
 
 /* The calling thread's Python frame (see the header): up to four thread states are searched. */
-pid@PID@::malloc:entry
+pid@PID@::malloc:entry,
+pid@PID@::calloc:entry,
+pid@PID@::realloc:entry,
+pid@PID@::free:entry
 /@PYFRAMES@/
 {
 	self->co = 0;
@@ -46,35 +49,50 @@ pid@PID@::malloc:entry
 	    @OFFSET_INTERP_THREADS_HEAD@, 8);
 }
 
-pid@PID@::malloc:entry
+pid@PID@::malloc:entry,
+pid@PID@::calloc:entry,
+pid@PID@::realloc:entry,
+pid@PID@::free:entry
 /@PYFRAMES@ && self->me == 0 && self->ts != 0/
 {
 	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
 	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
 }
 
-pid@PID@::malloc:entry
+pid@PID@::malloc:entry,
+pid@PID@::calloc:entry,
+pid@PID@::realloc:entry,
+pid@PID@::free:entry
 /@PYFRAMES@ && self->me == 0 && self->ts != 0/
 {
 	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
 	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
 }
 
-pid@PID@::malloc:entry
+pid@PID@::malloc:entry,
+pid@PID@::calloc:entry,
+pid@PID@::realloc:entry,
+pid@PID@::free:entry
 /@PYFRAMES@ && self->me == 0 && self->ts != 0/
 {
 	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
 	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
 }
 
-pid@PID@::malloc:entry
+pid@PID@::malloc:entry,
+pid@PID@::calloc:entry,
+pid@PID@::realloc:entry,
+pid@PID@::free:entry
 /@PYFRAMES@ && self->me == 0 && self->ts != 0/
 {
 	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
 	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
 }
 
-pid@PID@::malloc:entry
+pid@PID@::malloc:entry,
+pid@PID@::calloc:entry,
+pid@PID@::realloc:entry,
+pid@PID@::free:entry
 /@PYFRAMES@ && self->me != 0/
 {
 	this->me = self->me;
@@ -82,7 +100,10 @@ pid@PID@::malloc:entry
 	self->co = this->frame ? *(uint64_t *)copyin(this->frame + @OFFSET_FRAME_CODE@, 8) : 0;
 }
 
-pid@PID@::malloc:entry
+pid@PID@::malloc:entry,
+pid@PID@::calloc:entry,
+pid@PID@::realloc:entry,
+pid@PID@::free:entry
 /@PYFRAMES@ && self->co != 0 && py_seen[self->co] == 0/
 {
 	py_seen[self->co] = 1;
@@ -110,62 +131,6 @@ pid@PID@::malloc:return
 	self->in = 0;
 }
 
-/* The calling thread's Python frame (see the header): up to four thread states are searched. */
-pid@PID@::calloc:entry
-/@PYFRAMES@/
-{
-	self->co = 0;
-	self->me = 0;
-	self->ts = *(uint64_t *)copyin(*(uint64_t *)copyin(@RUNTIME@ + @OFFSET_RUNTIME_INTERP_MAIN@, 8) +
-	    @OFFSET_INTERP_THREADS_HEAD@, 8);
-}
-
-pid@PID@::calloc:entry
-/@PYFRAMES@ && self->me == 0 && self->ts != 0/
-{
-	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
-	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
-}
-
-pid@PID@::calloc:entry
-/@PYFRAMES@ && self->me == 0 && self->ts != 0/
-{
-	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
-	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
-}
-
-pid@PID@::calloc:entry
-/@PYFRAMES@ && self->me == 0 && self->ts != 0/
-{
-	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
-	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
-}
-
-pid@PID@::calloc:entry
-/@PYFRAMES@ && self->me == 0 && self->ts != 0/
-{
-	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
-	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
-}
-
-pid@PID@::calloc:entry
-/@PYFRAMES@ && self->me != 0/
-{
-	this->me = self->me;
-	this->frame = @TSTATE_FRAME@;
-	self->co = this->frame ? *(uint64_t *)copyin(this->frame + @OFFSET_FRAME_CODE@, 8) : 0;
-}
-
-pid@PID@::calloc:entry
-/@PYFRAMES@ && self->co != 0 && py_seen[self->co] == 0/
-{
-	py_seen[self->co] = 1;
-	printf("PMT code %d name=%s file=%s line=%d\n", self->co,
-	    copyinstr(*(uint64_t *)copyin(self->co + @OFFSET_CODE_NAME@, 8) + @OFFSET_STR_DATA@),
-	    copyinstr(*(uint64_t *)copyin(self->co + @OFFSET_CODE_FILENAME@, 8) + @OFFSET_STR_DATA@),
-	    *(int32_t *)copyin(self->co + @OFFSET_CODE_FIRSTLINENO@, 4));
-}
-
 pid@PID@::calloc:entry
 {
 	self->size = arg0 * arg1;
@@ -184,62 +149,6 @@ pid@PID@::calloc:return
 	self->in = 0;
 }
 
-/* The calling thread's Python frame (see the header): up to four thread states are searched. */
-pid@PID@::realloc:entry
-/@PYFRAMES@/
-{
-	self->co = 0;
-	self->me = 0;
-	self->ts = *(uint64_t *)copyin(*(uint64_t *)copyin(@RUNTIME@ + @OFFSET_RUNTIME_INTERP_MAIN@, 8) +
-	    @OFFSET_INTERP_THREADS_HEAD@, 8);
-}
-
-pid@PID@::realloc:entry
-/@PYFRAMES@ && self->me == 0 && self->ts != 0/
-{
-	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
-	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
-}
-
-pid@PID@::realloc:entry
-/@PYFRAMES@ && self->me == 0 && self->ts != 0/
-{
-	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
-	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
-}
-
-pid@PID@::realloc:entry
-/@PYFRAMES@ && self->me == 0 && self->ts != 0/
-{
-	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
-	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
-}
-
-pid@PID@::realloc:entry
-/@PYFRAMES@ && self->me == 0 && self->ts != 0/
-{
-	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
-	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
-}
-
-pid@PID@::realloc:entry
-/@PYFRAMES@ && self->me != 0/
-{
-	this->me = self->me;
-	this->frame = @TSTATE_FRAME@;
-	self->co = this->frame ? *(uint64_t *)copyin(this->frame + @OFFSET_FRAME_CODE@, 8) : 0;
-}
-
-pid@PID@::realloc:entry
-/@PYFRAMES@ && self->co != 0 && py_seen[self->co] == 0/
-{
-	py_seen[self->co] = 1;
-	printf("PMT code %d name=%s file=%s line=%d\n", self->co,
-	    copyinstr(*(uint64_t *)copyin(self->co + @OFFSET_CODE_NAME@, 8) + @OFFSET_STR_DATA@),
-	    copyinstr(*(uint64_t *)copyin(self->co + @OFFSET_CODE_FILENAME@, 8) + @OFFSET_STR_DATA@),
-	    *(int32_t *)copyin(self->co + @OFFSET_CODE_FIRSTLINENO@, 4));
-}
-
 pid@PID@::realloc:entry
 {
 	self->size = arg1;
@@ -256,62 +165,6 @@ pid@PID@::realloc:return
 	@py_bytes[self->code] = sum(self->size);
 	@py_sizes[self->code] = quantize(self->size);
 	self->in = 0;
-}
-
-/* The calling thread's Python frame (see the header): up to four thread states are searched. */
-pid@PID@::free:entry
-/@PYFRAMES@/
-{
-	self->co = 0;
-	self->me = 0;
-	self->ts = *(uint64_t *)copyin(*(uint64_t *)copyin(@RUNTIME@ + @OFFSET_RUNTIME_INTERP_MAIN@, 8) +
-	    @OFFSET_INTERP_THREADS_HEAD@, 8);
-}
-
-pid@PID@::free:entry
-/@PYFRAMES@ && self->me == 0 && self->ts != 0/
-{
-	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
-	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
-}
-
-pid@PID@::free:entry
-/@PYFRAMES@ && self->me == 0 && self->ts != 0/
-{
-	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
-	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
-}
-
-pid@PID@::free:entry
-/@PYFRAMES@ && self->me == 0 && self->ts != 0/
-{
-	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
-	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
-}
-
-pid@PID@::free:entry
-/@PYFRAMES@ && self->me == 0 && self->ts != 0/
-{
-	self->me = *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_THREAD_ID@, 8) == @THREAD_SELF@ ? self->ts : 0;
-	self->ts = self->me ? self->ts : *(uint64_t *)copyin(self->ts + @OFFSET_TSTATE_NEXT@, 8);
-}
-
-pid@PID@::free:entry
-/@PYFRAMES@ && self->me != 0/
-{
-	this->me = self->me;
-	this->frame = @TSTATE_FRAME@;
-	self->co = this->frame ? *(uint64_t *)copyin(this->frame + @OFFSET_FRAME_CODE@, 8) : 0;
-}
-
-pid@PID@::free:entry
-/@PYFRAMES@ && self->co != 0 && py_seen[self->co] == 0/
-{
-	py_seen[self->co] = 1;
-	printf("PMT code %d name=%s file=%s line=%d\n", self->co,
-	    copyinstr(*(uint64_t *)copyin(self->co + @OFFSET_CODE_NAME@, 8) + @OFFSET_STR_DATA@),
-	    copyinstr(*(uint64_t *)copyin(self->co + @OFFSET_CODE_FILENAME@, 8) + @OFFSET_STR_DATA@),
-	    *(int32_t *)copyin(self->co + @OFFSET_CODE_FIRSTLINENO@, 4));
 }
 
 pid@PID@::free:entry
