@@ -334,3 +334,151 @@ impl Drop for Channel {
         remove_dir_at(&self.tmp, &self.dir_name);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
+
+    /// A PID that existed and is gone: a child that ran `true` and was reaped.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    /// Removes what a test planted in /tmp, even when an assertion fails first: a leftover
+    /// `pymemtrace-<pid>-<hex>` would fail the integration tests' leftover checks.
+    struct Planted(Vec<std::path::PathBuf>);
+
+    impl Drop for Planted {
+        fn drop(&mut self) {
+            for path in &self.0 {
+                let _ = std::fs::remove_dir_all(path).or_else(|_| std::fs::remove_file(path));
+            }
+        }
+    }
+
+    fn own_channel() -> Channel {
+        // Root's own process as the "target": its /tmp is ours, and the uid 0 chown is allowed.
+        Channel::open(std::process::id() as i32, 0, 0).expect("a channel in our own /tmp")
+    }
+
+    /// Names the stale sweep might take for a killed run's directory, planted by a target's user:
+    /// a link to a directory, a plain file, and a directory whose `s` links to a file of root's
+    /// and which holds a file of its own. Nothing planted is followed, emptied or overwritten.
+    #[test]
+    fn the_stale_sweep_never_follows_or_removes_what_it_did_not_make() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: the channel cannot be made for uid 0; skipped");
+            return;
+        }
+        let dead = dead_pid();
+        let tmp = Path::new("/tmp");
+        let victim = tmp.join(format!("pymemtrace-test-victim-{}", random_suffix()));
+        std::fs::create_dir(&victim).unwrap();
+        for name in ["s", SCRIPT_NAME, "precious"] {
+            std::fs::write(victim.join(name), "root's own\n").unwrap();
+        }
+        let link = tmp.join(format!("{DIR_PREFIX}{dead}-{}", random_suffix()));
+        symlink(&victim, &link).unwrap();
+        let file = tmp.join(format!("{DIR_PREFIX}{dead}-{}", random_suffix()));
+        std::fs::write(&file, "a plain file\n").unwrap();
+        let planted_dir = tmp.join(format!("{DIR_PREFIX}{dead}-{}", random_suffix()));
+        std::fs::create_dir(&planted_dir).unwrap();
+        symlink(victim.join("precious"), planted_dir.join("s")).unwrap();
+        std::fs::write(planted_dir.join("theirs"), "kept\n").unwrap();
+        let _cleanup = Planted(vec![
+            victim.clone(),
+            link.clone(),
+            file.clone(),
+            planted_dir.clone(),
+        ]);
+
+        drop(own_channel());
+
+        let survived = |p: &Path| std::fs::read_to_string(p).ok();
+        for name in ["s", SCRIPT_NAME, "precious"] {
+            assert_eq!(
+                survived(&victim.join(name)).as_deref(),
+                Some("root's own\n"),
+                "{name} behind the planted link was touched"
+            );
+        }
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(survived(&file).as_deref(), Some("a plain file\n"));
+        // Our own names go (only the link itself, never what it points to); theirs stay.
+        assert!(planted_dir.join("s").symlink_metadata().is_err());
+        assert_eq!(
+            survived(&planted_dir.join("theirs")).as_deref(),
+            Some("kept\n")
+        );
+    }
+
+    /// A PEP 768 script name already taken in the private directory (a link to root's file, or a
+    /// file of the target user's) makes the write fail; neither is followed or overwritten.
+    #[test]
+    fn a_planted_script_name_is_refused_not_followed() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: the channel cannot be made for uid 0; skipped");
+            return;
+        }
+        let victim = std::env::temp_dir().join(format!("pymemtrace-test-file-{}", random_suffix()));
+        std::fs::write(&victim, "root's own\n").unwrap();
+        let _cleanup = Planted(vec![victim.clone()]);
+        for plant_link in [true, false] {
+            let channel = own_channel();
+            let planted = Path::new(&channel.target_dir).join(SCRIPT_NAME);
+            if plant_link {
+                symlink(&victim, &planted).unwrap();
+            } else {
+                std::fs::write(&planted, "theirs\n").unwrap();
+            }
+            let written = channel.write_file(SCRIPT_NAME, b"print('ours')\n", 0, 0);
+            assert!(
+                written.is_err(),
+                "the planted {SCRIPT_NAME} was overwritten"
+            );
+            assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's own\n");
+            if !plant_link {
+                assert_eq!(std::fs::read_to_string(&planted).unwrap(), "theirs\n");
+            }
+            let dir = channel.target_dir.clone();
+            drop(channel);
+            assert!(!Path::new(&dir).exists(), "{dir} was left behind");
+        }
+    }
+
+    /// A reply that announces more than allowed is refused from its 4-byte header, before any
+    /// buffer of that size is made; one cut short fails instead of waiting for ever.
+    #[test]
+    fn replies_are_bounded_in_size_and_time() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut writer = &theirs;
+        std::io::Write::write_all(&mut writer, &u32::MAX.to_be_bytes()).unwrap();
+        let err = read_reply(&ours, Duration::from_secs(1), 1 << 20).unwrap_err();
+        assert!(
+            err.to_string().contains("more than the 1048576 allowed"),
+            "{err}"
+        );
+
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut writer = &theirs;
+        std::io::Write::write_all(&mut writer, &10u32.to_be_bytes()).unwrap();
+        std::io::Write::write_all(&mut writer, b"four").unwrap();
+        let started = Instant::now();
+        assert!(read_reply(&ours, Duration::from_millis(200), 1 << 20).is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut writer = &theirs;
+        std::io::Write::write_all(&mut writer, &4u32.to_be_bytes()).unwrap();
+        std::io::Write::write_all(&mut writer, b"four").unwrap();
+        assert_eq!(
+            read_reply(&ours, Duration::from_secs(1), 4).unwrap(),
+            b"four"
+        );
+    }
+}
