@@ -1,31 +1,42 @@
 //! Every file the tool writes for the user is written atomically: into a hidden temporary sibling
-//! (`.NAME.tmp-PID`, same directory so the rename stays on one file system), synced, then renamed
-//! over the target. Readers never see a half-written file, a failed write leaves an earlier file
-//! intact, and a run that fails leaves nothing behind.
+//! (`.NAME.tmp-PID-RANDOM`, same directory so the rename stays on one file system), synced, then
+//! renamed over the target. Readers never see a half-written file, a failed write leaves an earlier
+//! file intact, and a run that fails leaves nothing behind.
+//!
+//! The tool often runs as root and is pointed at shared directories such as /tmp, where other
+//! users can plant names. So the temporary name is unpredictable and claimed with
+//! `O_CREAT|O_EXCL` (which also refuses a planted symbolic link) before anything writes to it, and
+//! the final rename replaces whatever is at the target's name without following it.
 //!
 //! The one exception is the `process -o FILE.jsonl` log, streamed and flushed every tick on purpose
 //! so that it survives a crash of the tool (see [`super::jsonl`]).
 
-use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, Permissions};
 use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind};
 
-/// The hidden sibling `target` is written to before the rename: `.NAME.tmp-PID` followed by
-/// `temporary_suffix` (some encoders pick their format from the extension).
-pub fn temporary_path(target: &Path, temporary_suffix: &str) -> io::Result<PathBuf> {
+/// Creates the hidden sibling `target` is written to before the rename, `.NAME.tmp-PID-RANDOM`
+/// followed by `temporary_suffix` (some encoders pick their format from the extension), and
+/// returns it open. The name cannot be guessed and is made fresh (`O_EXCL`): nothing planted there
+/// in advance is followed or reused. The mode is the usual 0666 less the umask, as a plain create.
+fn claim_temporary(target: &Path, temporary_suffix: &str) -> io::Result<(File, PathBuf)> {
     let name = target.file_name().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("`{}` does not name a file", target.display()),
         )
     })?;
-    let mut temporary_name = OsString::from(".");
-    temporary_name.push(name);
-    temporary_name.push(format!(".tmp-{}{temporary_suffix}", std::process::id()));
-    Ok(target.with_file_name(temporary_name))
+    let prefix = format!(".{}.tmp-{}-", name.to_string_lossy(), std::process::id());
+    let temporary = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(temporary_suffix)
+        .rand_bytes(8)
+        .permissions(Permissions::from_mode(0o666))
+        .tempfile_in(directory_of(target))?;
+    temporary.keep().map_err(|err| err.error)
 }
 
 /// The directory `target` is written in ("." for a bare file name).
@@ -62,28 +73,25 @@ pub fn check_writable(target: &Path) -> io::Result<()> {
             "it is a directory",
         ));
     }
-    let temporary = temporary_path(target, "")?;
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&temporary)?;
+    let (_, temporary) = claim_temporary(target, "")?;
     fs::remove_file(&temporary)
 }
 
-/// Writes `target` by way of its temporary sibling (see [`temporary_path`]): `write` is given the
-/// temporary path; the file is synced and renamed over `target` once `write` succeeded, and
-/// removed if anything failed.
+/// Writes `target` by way of its temporary sibling (see [`claim_temporary`]): `write` is given the
+/// temporary path, already created (empty) by us, so that a writer which opens it by name opens
+/// our file; the file is synced and renamed over `target` once `write` succeeded, and removed if
+/// anything failed.
 pub fn write_atomically(
     target: &Path,
     temporary_suffix: &str,
     write: impl FnOnce(&Path) -> io::Result<()>,
 ) -> io::Result<()> {
-    let temporary = temporary_path(target, temporary_suffix)?;
+    let (claimed, temporary) = claim_temporary(target, temporary_suffix)?;
+    drop(claimed);
     let result = write(&temporary)
         .and_then(|()| File::open(&temporary)?.sync_all())
         .and_then(|()| fs::rename(&temporary, target));
     if result.is_err() {
-        // Best effort: the write may have failed before creating it.
         let _ = fs::remove_file(&temporary);
     }
     result
@@ -115,11 +123,7 @@ impl AtomicFile {
     /// Creates the temporary file now (which also checks that `target` can be written).
     pub fn create(target: &Path) -> io::Result<AtomicFile> {
         check_writable(target)?;
-        let temporary = temporary_path(target, "")?;
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temporary)?;
+        let (file, temporary) = claim_temporary(target, "")?;
         Ok(AtomicFile {
             target: target.to_path_buf(),
             temporary,
@@ -213,6 +217,41 @@ mod tests {
         fs::write(dir.join("file"), "").unwrap();
         let not_dir = check_writable(&dir.join("file/out.svg")).unwrap_err();
         assert!(not_dir.to_string().contains("not a directory"), "{not_dir}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// What another user could plant in a shared directory under the names a run of this PID
+    /// used to pick: a link to a file of root's, a plain file. Neither is followed, truncated or
+    /// removed, and the output is still written.
+    #[test]
+    fn planted_temporary_names_are_neither_followed_nor_reused() {
+        let dir = scratch("planted");
+        let victim = dir.join("victim");
+        fs::write(&victim, "root's own").unwrap();
+        let pid = std::process::id();
+        std::os::unix::fs::symlink(&victim, dir.join(format!(".out.json.tmp-{pid}"))).unwrap();
+        fs::write(dir.join(format!(".out.svg.tmp-{pid}")), "theirs").unwrap();
+        let target = dir.join("out.json");
+        write_stream_atomically(&target, |out| out.write_all(b"ours")).unwrap();
+        check_writable(&dir.join("out.svg")).unwrap();
+        write_atomically(&dir.join("out.svg"), "", |temporary| {
+            fs::write(temporary, "svg")
+        })
+        .unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "root's own");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "ours");
+        assert_eq!(fs::read_to_string(dir.join("out.svg")).unwrap(), "svg");
+        assert_eq!(
+            fs::read_to_string(dir.join(format!(".out.svg.tmp-{pid}"))).unwrap(),
+            "theirs"
+        );
+        let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode & 0o600,
+            0o600,
+            "the owner can read and write: {mode:o}"
+        );
+        assert_eq!(entries(&dir).len(), 5, "{:?}", entries(&dir));
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -17,14 +18,30 @@ pub struct JsonlWriter {
 }
 
 impl JsonlWriter {
-    /// Creates the file now, so that a bad path fails before the run starts.
+    /// Creates the file now, so that a bad path fails before the run starts. The file is written
+    /// in place (not renamed into place like the other outputs), so a symbolic link at `path` is
+    /// refused rather than followed: run as root into a shared directory, following a link that
+    /// another user planted would truncate a file of their choosing.
     pub fn create(path: &Path) -> Result<JsonlWriter> {
-        let file = File::create(path).map_err(|err| {
-            Error::new(
-                ErrorKind::OutputNotWritable,
-                format!("cannot write `{}`: {err}", path.display()),
-            )
-        })?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|err| {
+                let why = if err.raw_os_error() == Some(libc::ELOOP) {
+                    "it is a symbolic link, which this log is never written through; give the \
+                     path it points to"
+                        .to_string()
+                } else {
+                    err.to_string()
+                };
+                Error::new(
+                    ErrorKind::OutputNotWritable,
+                    format!("cannot write `{}`: {why}", path.display()),
+                )
+            })?;
         Ok(JsonlWriter {
             path: path.to_path_buf(),
             file: BufWriter::new(file),
@@ -148,4 +165,30 @@ pub struct ReadOutcome {
     pub ticks: u64,
     /// The last line was incomplete and skipped.
     pub cut_last_line: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link at the log's path (planted by another user in a shared directory) is refused with a
+    /// line that says why; the file it points to is not truncated.
+    #[test]
+    fn a_symbolic_link_at_the_log_path_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "root's own").unwrap();
+        let log = dir.path().join("run.jsonl");
+        std::os::unix::fs::symlink(&victim, &log).unwrap();
+        let err = JsonlWriter::create(&log)
+            .err()
+            .expect("the link is refused");
+        assert_eq!(err.kind, ErrorKind::OutputNotWritable);
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's own");
+        std::fs::remove_file(&log).unwrap();
+        let mut writer = JsonlWriter::create(&log).unwrap();
+        writer.write_rows(&[]).unwrap();
+        assert_eq!(writer.rows(), 0);
+    }
 }
