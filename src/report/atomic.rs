@@ -13,7 +13,7 @@
 
 use std::fs::{self, File, Permissions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind};
@@ -30,6 +30,7 @@ fn claim_temporary(target: &Path, temporary_suffix: &str) -> io::Result<(File, P
         )
     })?;
     let prefix = format!(".{}.tmp-{}-", name.to_string_lossy(), std::process::id());
+    remove_temporaries_of_killed_runs(target);
     let temporary = tempfile::Builder::new()
         .prefix(&prefix)
         .suffix(temporary_suffix)
@@ -37,6 +38,42 @@ fn claim_temporary(target: &Path, temporary_suffix: &str) -> io::Result<(File, P
         .permissions(Permissions::from_mode(0o666))
         .tempfile_in(directory_of(target))?;
     temporary.keep().map_err(|err| err.error)
+}
+
+/// Removes the temporary siblings of `target` that runs killed before their rename left behind
+/// (`.NAME.tmp-PID-RANDOM...` whose PID is gone). Only regular files owned by this user: in a
+/// shared directory, a name of that shape can be anyone's, and a link is never followed.
+fn remove_temporaries_of_killed_runs(target: &Path) {
+    let Some(name) = target.file_name() else {
+        return;
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(directory_of(target)) else {
+        return;
+    };
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let entry_name = entry.file_name();
+        let Some(pid) = entry_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let ours = entry
+            .metadata() // of the entry itself: read_dir's metadata does not follow links
+            .is_ok_and(|meta| meta.file_type().is_file() && meta.uid() == me);
+        if gone && ours {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The directory `target` is written in ("." for a bare file name).
@@ -252,6 +289,30 @@ mod tests {
             "the owner can read and write: {mode:o}"
         );
         assert_eq!(entries(&dir).len(), 5, "{:?}", entries(&dir));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A run killed before its rename leaves `.NAME.tmp-PID-RANDOM`; the next write of NAME removes
+    /// it once that PID is gone, but never a live run's, a link, or another name's.
+    #[test]
+    fn temporaries_of_killed_runs_are_swept_by_the_next_write() {
+        let dir = scratch("sweep");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = dir.join(format!(".run.log.tmp-{dead}-0123abcd"));
+        let live = dir.join(format!(".run.log.tmp-{}-0123abcd", std::process::id()));
+        let link = dir.join(format!(".run.log.tmp-{dead}-link0000"));
+        let other = dir.join(format!(".other.log.tmp-{dead}-0123abcd"));
+        for path in [&stale, &live, &other] {
+            fs::write(path, "half").unwrap();
+        }
+        std::os::unix::fs::symlink(&other, &link).unwrap();
+        let file = AtomicFile::create(&dir.join("run.log")).unwrap();
+        file.commit().unwrap();
+        assert!(!stale.exists(), "the killed run's temporary is still there");
+        assert!(live.exists() && other.exists());
+        assert!(link.symlink_metadata().is_ok());
         fs::remove_dir_all(dir).unwrap();
     }
 
