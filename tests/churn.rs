@@ -81,6 +81,16 @@ fn thread_churn_loses_under_one_percent_of_ticks_and_keeps_attribution() {
         {
             return Err(format!("figures do not add up: {figures}"));
         }
+        // On 3.11-3.13 py-spy fails 2-4% of its reads on this fixture (100-230 retried samples per
+        // run here): none at all would mean the churn no longer tests the recovery.
+        let newer = ["3.11", "3.12", "3.13"]
+            .iter()
+            .any(|v| python.label.trim_start_matches("debian-") == *v);
+        if newer && retried + partial == 0 {
+            return Err(format!(
+                "no read failed, so nothing was recovered: {figures}"
+            ));
+        }
         if lost_fraction >= 0.01 {
             return Err(format!("lost 1% of ticks or more: {figures}"));
         }
