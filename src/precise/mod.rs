@@ -441,6 +441,7 @@ pub fn run(options: &Options, stop: &AtomicBool) -> Result<Recording> {
         profile,
         samples: faults,
         lost: 0,
+        recovery: Default::default(),
         rss_polls: 0,
         rss_start,
         rss_end: if crate::target::is_alive(options.pid) {

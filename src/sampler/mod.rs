@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use py_spy::StackTrace;
 
+mod recover;
 mod thread_ids;
 
 use std::collections::HashMap;
@@ -123,10 +124,12 @@ impl Observer for Quiet {}
 #[derive(Debug)]
 pub struct Recording {
     pub profile: Profile,
-    /// Successful stack reads.
+    /// Successful stack reads (partial ones included).
     pub samples: u64,
-    /// Stack reads that failed even after one retry.
+    /// Stack reads that failed even after retries and reading thread by thread: lost ticks.
     pub lost: u64,
+    /// How the samples were got under thread churn (see [`ReadRecovery`]).
+    pub recovery: ReadRecovery,
     pub rss_polls: u64,
     pub rss_start: u64,
     pub rss_end: u64,
@@ -147,6 +150,20 @@ pub struct Recording {
     /// The longest the RSS poll loop went without running (1 ms when the tool gets a core).
     pub longest_gap: Duration,
     pub end: EndReason,
+}
+
+/// Samples that needed more than one whole read: a thread ended while py-spy walked it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadRecovery {
+    /// Samples got by a whole read after one or more whole reads failed.
+    pub retried: u64,
+    /// Samples read from the threads after one that could not be read (the rest left out).
+    pub partial: u64,
+    /// Thread states left out of partial samples in all.
+    pub threads_skipped: u64,
+    /// Whether reading thread by thread was possible: the thread-list offsets for this Python
+    /// were checked on the target (off: unknown version, or fewer than two threads ever seen).
+    pub by_thread: bool,
 }
 
 impl Recording {
@@ -363,6 +380,7 @@ pub fn run(
         profile: Profile::new(),
         samples: 0,
         lost: 0,
+        recovery: ReadRecovery::default(),
         rss_polls: 1,
         rss_start,
         rss_end: rss_start,
@@ -396,6 +414,7 @@ pub fn run(
     // sleep before the next read is charged with what it ran, not with its sleep.
     let mut recent_stacks = RecentStacks::default();
     let mut thread_ids = thread_ids::ThreadIdResolver::default();
+    let mut reader = recover::Reader::new(&target.spy);
     let mut last_progress = start;
     let mut last_loop = start;
 
@@ -453,13 +472,17 @@ pub fn run(
 
         if (pending != 0 || hot || floor_due) && cap_allows {
             last_read = Some(now);
-            // One retry: most failures are a thread ending mid-read, and the next read succeeds.
-            let traces = target
-                .spy
-                .get_stack_traces()
-                .or_else(|_| target.spy.get_stack_traces());
-            match traces {
-                Ok(mut traces) => {
+            // Retried, then read thread by thread: a thread ending mid-read fails py-spy's
+            // whole read (recover.rs).
+            match reader.read(&mut target.spy) {
+                Ok(read) => {
+                    let mut traces = read.traces;
+                    if read.skipped > 0 {
+                        rec.recovery.partial += 1;
+                        rec.recovery.threads_skipped += read.skipped as u64;
+                    } else if read.failed_attempts > 0 {
+                        rec.recovery.retried += 1;
+                    }
                     if faults_usable {
                         fill_thread_ids(&mut traces, target, &mut thread_ids, &mut faults);
                     }
@@ -573,6 +596,7 @@ pub fn run(
         rec.changed_bytes += pending.unsigned_abs();
     }
     profile.name_threads();
+    rec.recovery.by_thread = reader.by_thread();
     rec.end = end;
     rec.elapsed = start.elapsed();
     rec.profile = profile;
