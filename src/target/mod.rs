@@ -90,7 +90,7 @@ pub fn is_stopped(pid: i32) -> bool {
 pub fn stopped_warning(pid: i32) -> Option<String> {
     is_stopped(pid).then(|| {
         format!(
-            "pymemtrace: warning: PID {pid} is stopped (SIGSTOP, Ctrl-Z or a debugger): it runs              nothing and its memory will not change until it is continued (kill -CONT {pid})"
+            "pymemtrace: warning: PID {pid} is stopped (SIGSTOP, Ctrl-Z or a debugger): it runs nothing and its memory will not change until it is continued (kill -CONT {pid})"
         )
     })
 }
