@@ -624,6 +624,9 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
             .map(|d| format!(" for {d} s"))
             .unwrap_or_default()
     );
+    if let Some(warning) = target::stopped_warning(target.pid) {
+        eprintln!("{warning}");
+    }
 
     let settings = Settings {
         rate: args.rate,

@@ -96,6 +96,9 @@ pub fn run_command(options: CommandOptions) -> Result<()> {
         ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
             .map_err(|err| Error::internal(format!("cannot install the Ctrl-C handler: {err}")))?;
     }
+    if let Some(warning) = crate::target::stopped_warning(pid) {
+        eprintln!("{warning}");
+    }
     let report = run(&prepared, &run_options, &stop)?;
     if !options.raw {
         let mut out = stdout.lock();

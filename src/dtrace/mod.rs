@@ -465,9 +465,9 @@ pub fn trace(
                 (Some(d), Some(start)) => start.elapsed().as_secs_f64() >= d,
                 _ => false,
             };
-            let target_gone = !request.attach_pid
-                && started_at.is_some()
-                && !crate::target::is_alive(request.pid);
+            // With `-p`, bpftrace notices the target's exit by itself, but only up to a second
+            // later: asking it to print now ends the tool within a second of the exit.
+            let target_gone = started_at.is_some() && !crate::target::is_alive(request.pid);
             if stop.load(Ordering::Relaxed) || timed_out || target_gone {
                 end = if target_gone {
                     "target exited"

@@ -201,6 +201,10 @@ impl Channel {
         max_reply: usize,
         cancel: &AtomicBool,
     ) -> std::io::Result<Option<Vec<u8>>> {
+        // The target's death is noticed within this much (a killed target never connects, and
+        // the user should not wait out the whole --timeout to hear it).
+        const LIVENESS_EVERY: Duration = Duration::from_millis(20);
+        let mut checked = Instant::now();
         let stream = loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -211,8 +215,15 @@ impl Channel {
                     continue;
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() >= deadline || cancel.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    if now >= deadline || cancel.load(Ordering::Relaxed) {
                         return Ok(None);
+                    }
+                    if now.duration_since(checked) >= LIVENESS_EVERY {
+                        checked = now;
+                        if !crate::target::is_alive(self.target_pid) {
+                            return Ok(None);
+                        }
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }

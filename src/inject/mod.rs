@@ -610,6 +610,23 @@ fn main_thread_wait(pid: i32) -> String {
     format!("blocked in {name}")
 }
 
+/// Refuses a target that is stopped, before anything is made or sent: a stopped process runs no
+/// code, so a queued helper would wait for the SIGCONT, and holding a stopped thread with ptrace
+/// races its job-control stop. One held by a debugger gets the debugger's message.
+fn refuse_stopped(pid: i32) -> Result<()> {
+    if !crate::target::is_stopped(pid) {
+        return Ok(());
+    }
+    Err(if ptrace::traced_by_other(pid) {
+        ptrace_error(pid, PtraceError::AlreadyTraced)
+    } else {
+        helper_error(format!(
+            "PID {pid} is stopped (SIGSTOP or Ctrl-Z): a helper cannot run in it, so nothing was \
+             sent and nothing was changed; continue it (kill -CONT {pid}) and run again"
+        ))
+    })
+}
+
 /// Runs `helper` in `pid` with `request` and returns its reply (the helper's `main` result).
 pub fn run_helper(
     pid: i32,
@@ -631,6 +648,7 @@ pub fn run_helper_with_fallback(
 ) -> Result<(Value, Timing)> {
     let started = Instant::now();
     crate::target::check_process(pid)?;
+    refuse_stopped(pid)?;
     let interpreter = find_interpreter(pid, helper)?;
     let (uid, gid) = target_ids(pid)?;
     let channel = channel::Channel::open(pid, uid, gid).map_err(|err| {
@@ -673,6 +691,14 @@ pub fn run_helper_with_fallback(
     });
     let (delivery, held, not_direct) = delivered?;
     let reply = received.map_err(|err| match err.kind() {
+        // A target killed while its helper ran: the socket just ends.
+        _ if !crate::target::is_alive(pid) => Error::new(
+            ErrorKind::NoSuchProcess,
+            format!(
+                "PID {pid} exited while the {} helper was running in it",
+                helper.name
+            ),
+        ),
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => helper_error(format!(
             "the {} helper started in PID {pid} but did not reply within {:.0} s; it finishes \
              on its own (its reply goes nowhere)",

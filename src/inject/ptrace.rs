@@ -130,7 +130,7 @@ pub fn seize(tid: i32) -> Result<Held> {
     Ok(held)
 }
 
-fn traced_by_other(pid: i32) -> bool {
+pub fn traced_by_other(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
@@ -239,6 +239,11 @@ impl Held {
                 }
                 status if wanted(&status) => return Ok(status),
                 other => {
+                    // A thread that keeps reporting other stops (a job-control stop that arrived
+                    // while we hold it reports one after each resume) must not keep us here.
+                    if Instant::now() >= deadline {
+                        return Err(PtraceError::DidNotStop);
+                    }
                     // A signal for the target is kept for after the detach; group stops and other
                     // events are passed over. Either way the thread goes on as it was going.
                     if let WaitStatus::Stopped(_, signal) = other {

@@ -75,7 +75,19 @@ pub fn compare(
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (after, window_after, time_after, trip_after, how_after) = capture(pid, &options)?;
+    let (after, window_after, time_after, trip_after, how_after) =
+        capture(pid, &options).map_err(|err| {
+            if err.kind == ErrorKind::NoSuchProcess || !crate::target::is_alive(pid) {
+                Error::new(
+                    ErrorKind::NoSuchProcess,
+                    format!(
+                        "PID {pid} exited between the two captures: there is nothing to compare"
+                    ),
+                )
+            } else {
+                err
+            }
+        })?;
     let diff = diff(&before, &after);
     Ok(Captures {
         before,

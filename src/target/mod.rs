@@ -77,6 +77,24 @@ pub fn is_alive(pid: i32) -> bool {
     matches!(process_state(pid), Some(state) if state != 'Z' && state != 'X')
 }
 
+/// Whether the process is stopped: by a job-control signal (SIGSTOP, SIGTSTP, Ctrl-Z: state T)
+/// or by a debugger holding it (state t). A stopped process runs no code, so a helper sent to it
+/// could not run, and its memory does not change until it is continued.
+pub fn is_stopped(pid: i32) -> bool {
+    matches!(process_state(pid), Some('T' | 't'))
+}
+
+/// The warning `attach`, `process` and `dtrace` print when their target is stopped: they read it
+/// without stopping it (or, for dtrace, wait for probes to fire), so they carry on, but a user
+/// looking at a flat line should know why.
+pub fn stopped_warning(pid: i32) -> Option<String> {
+    is_stopped(pid).then(|| {
+        format!(
+            "pymemtrace: warning: PID {pid} is stopped (SIGSTOP, Ctrl-Z or a debugger): it runs nothing and its memory will not change until it is continued (kill -CONT {pid})"
+        )
+    })
+}
+
 /// The process's command line, arguments joined by spaces (empty if it cannot be read).
 pub fn command_line(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))

@@ -297,6 +297,9 @@ fn record(options: &ProcessOptions) -> Result<()> {
             ""
         },
     );
+    if let Some(warning) = crate::target::stopped_warning(root as i32) {
+        eprintln!("{warning}");
+    }
 
     let mut collector = Collector::new();
     let log_path = log.as_ref().map(|l| l.path().to_path_buf());
