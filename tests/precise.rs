@@ -61,6 +61,10 @@ fn precise_run(python: &std::path::Path, fixture_name: &str, extra: &[&str]) -> 
     }
     target.go();
     target.wait_done();
+    // A lingering fixture is measured up to its "done": its interpreter's shutdown stays out.
+    if extra.contains(&"--linger") {
+        sigint(tool.id());
+    }
     let status = wait_with_timeout(&mut tool, Duration::from_secs(60));
     assert!(
         status.success(),
@@ -221,4 +225,27 @@ fn without_root_it_refuses_with_exit_code_11() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn growth_in_a_thread_without_python_frames_goes_to_native_and_its_name() {
+    if !engine_here() {
+        return;
+    }
+    let _serial = serial();
+    for python in precise_interpreters() {
+        let result = precise_run(&python.path, "native_thread.py", &["--linger"]);
+        // Grown, not net: the C thread's first malloc makes glibc reserve an arena (see
+        // growth_in_worker_threads_while_main_computes).
+        check_figures(
+            &format!("native_thread.py on {}", python.label),
+            &result,
+            &[
+                ("<native nat-grower>", 2.0 / 3.0),
+                ("py_grow", 1.0 / 3.0),
+                ("compute", 0.0),
+            ],
+            Figure::Grown,
+        );
+    }
 }
