@@ -44,9 +44,11 @@ pub const MODE: &str = "precise (perf_event_open page-fault sampling)";
 pub const MODE_USER: &str = "precise (perf_event_open page-fault sampling, user-mode faults)";
 
 /// The longest sleep of the loop (for Ctrl-C, the duration and the target's exit).
-const TICK: Duration = Duration::from_millis(10);
+const TICK: Duration = Duration::from_millis(5);
 /// How often the RSS is reconciled with the charged pages.
-const RECONCILE_EVERY: Duration = Duration::from_millis(20);
+const RECONCILE_EVERY: Duration = Duration::from_millis(5);
+/// A stack read for a fault this recently still takes the thread's releases.
+const RECENT_NS: u64 = 50_000_000;
 /// A gap between RSS and charged bytes smaller than this is left for later: reading the RSS
 /// and the buffers cannot be atomic, so a few pages of difference are always in flight.
 const DEAD_BAND: i64 = 256 * 1024;
@@ -421,6 +423,7 @@ pub fn run(options: &super::Options, mode: &'static str, stop: &AtomicBool) -> R
     // Per thread: the last stack read and when (monotonic ns), and its CPU time at the last
     // reconciliation charge.
     let mut last_read: HashMap<i32, (StackId, u64)> = HashMap::new();
+    let mut last_fault: HashMap<i32, (StackId, u64)> = HashMap::new();
     let mut cpu_seen: HashMap<i32, u64> = task_ids(pid)
         .into_iter()
         .map(|tid| (tid, cpu_ns(pid, tid)))
@@ -531,8 +534,16 @@ pub fn run(options: &super::Options, mode: &'static str, stop: &AtomicBool) -> R
                 if let Some((earlier, _)) = previous.filter(|_| to_previous > 0) {
                     profile.charge(to_previous * page, &[earlier]);
                 }
-                profile.charge((times.len() as i64 - to_previous) * page, &[stack]);
+                let to_now = times.len() as i64 - to_previous;
+                profile.charge(to_now * page, &[stack]);
                 last_read.insert(tid, (stack, now));
+                // The stack that took the thread's newest fault (the later faults go to the later
+                // read, so it is this read's unless all went to the previous one).
+                let newest = match previous {
+                    Some((earlier, _)) if to_now == 0 => earlier,
+                    _ => stack,
+                };
+                last_fault.insert(tid, (newest, now));
             }
         }
 
@@ -545,15 +556,27 @@ pub fn run(options: &super::Options, mode: &'static str, stop: &AtomicBool) -> R
                 let gap = now as i64 - expected;
                 if gap.abs() >= DEAD_BAND {
                     let states = reader.states_by_tid();
+                    let now = monotonic_ns();
                     let mut weights = Vec::new();
                     for tid in task_ids(pid) {
                         let cpu = cpu_ns(pid, tid);
                         let before = cpu_seen.insert(tid, cpu).unwrap_or(0);
                         let ran = cpu.saturating_sub(before);
-                        if ran > 0 {
-                            let stack = reader.stack(&mut profile, &states, tid, options.threads);
-                            weights.push((Some(stack), ran));
+                        if ran == 0 {
+                            continue;
                         }
+                        // A release goes to where the thread last took pages, if that was
+                        // recent: memory is mostly given back by the code that took it (a
+                        // function's temporaries, freed and trimmed as it returns), and by the
+                        // time the RSS shows the drop the thread has often moved on.
+                        let recent = last_fault
+                            .get(&tid)
+                            .filter(|(_, at)| gap < 0 && now.saturating_sub(*at) < RECENT_NS)
+                            .map(|(stack, _)| *stack);
+                        let stack = recent.unwrap_or_else(|| {
+                            reader.stack(&mut profile, &states, tid, options.threads)
+                        });
+                        weights.push((Some(stack), ran));
                     }
                     profile.charge_weighted(gap, &weights);
                 }
