@@ -355,12 +355,12 @@ fn perf_engine_on_the_same_fixtures() {
     }
 }
 
-/// See perf_engine_on_the_same_fixtures. Measured worst: 2.6 points (native_thread.py) over 14
+/// See perf_engine_on_the_same_fixtures. Measured worst: 2.6 points (native_thread.py) over 21
 /// runs of each fixture once a fault goes to the nearer stack read.
 const PERF_BOUND: f64 = 0.05;
-/// Measured worst: 17.4 points (worker_alloc 7.6% of 25%: the worker's 0.5 MB bursts last
-/// about 0.3 ms and end in a sleep, where a late read finds it).
-const PERF_BURSTY_BOUND: f64 = 0.20;
+/// Measured worst: 19.4 points (worker_alloc 5.6% of 25%: the worker's 0.5 MB bursts last about
+/// 0.3 ms and end in a sleep, where a late read finds it); main-thread bursts stay within 6.
+const PERF_BURSTY_BOUND: f64 = 0.25;
 
 fn perf_here() -> bool {
     let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
