@@ -1,18 +1,18 @@
 //! The `perf_event_open` engine of `attach --precise`, for where bpftrace cannot run (not root,
 //! no bpftrace, no BPF), or when asked with `--precise-engine perf`.
 //!
-//! A software page-fault event (`PERF_COUNT_SW_PAGE_FAULTS`, a sample per fault carrying the
-//! thread id, a wakeup per sample) on each thread of the target and each CPU, with `inherit`, so
+//! A software page-fault event (`PERF_COUNT_SW_PAGE_FAULTS`, a sample every [`PAGES_PER_SAMPLE`]
+//! faults carrying the thread id and time, a wakeup per sample) on each thread of the target and each CPU, with `inherit`, so
 //! that every thread the target starts later is counted from its first instruction by the kernel
 //! (no rescanning, no window where a new thread's faults are missed). The events of one CPU share
 //! one ring buffer (PERF_EVENT_IOC_SET_OUTPUT): `inherit` forbids a buffer per thread, and one per
 //! CPU keeps the locked memory small (an unprivileged user may lock 516 KiB of them in all).
-//! Each wakeup drains the buffers, counts the faults per thread and, at once, reads each such
+//! Each wakeup drains the buffers, counts the samples per thread and, at once, reads each such
 //! thread's Python stack from /proc/PID/mem (the offsets of the bpftrace program,
-//! src/dtrace/offsets.rs), and charges its pages to that stack. Faults are counted exactly (a
-//! full buffer reports how many samples it lost, which are charged to the thread that faulted
-//! last on that CPU); what can be wrong is the stack, when the thread moved on between its faults
-//! and the read.
+//! src/dtrace/offsets.rs), and charges their pages to that stack. No sample is dropped unseen (a
+//! full buffer reports how many it lost, which are charged to the thread that sampled last on
+//! that CPU); what can be wrong is the stack, when the thread moved on between its faults and the
+//! read, and, for less than 64 KiB, which thread's faults end a sampling period.
 //!
 //! Releases cannot be seen this way (uprobes and syscall tracepoints need the privileges this
 //! engine is for doing without), so they are inferred: every [`RECONCILE_EVERY`] the RSS is
@@ -45,6 +45,10 @@ pub const MODE_USER: &str = "precise (perf_event_open page-fault sampling, user-
 
 /// The longest sleep of the loop (for Ctrl-C, the duration and the target's exit).
 const TICK: Duration = Duration::from_millis(5);
+/// After a stack read, the tool sleeps this long before it looks at the buffers again: a read
+/// costs about 20-30 us of the tool's CPU, and one per sample cost about 0.8 of what reading
+/// stacks at full speed costs, while memory moves fast (benches/precise_cost.py).
+const HOLD: Duration = Duration::from_micros(500);
 /// How often the RSS is reconciled with the charged pages.
 const RECONCILE_EVERY: Duration = Duration::from_millis(5);
 /// A stack read for a fault this recently still takes the thread's releases.
@@ -510,7 +514,8 @@ pub fn run(options: &super::Options, mode: &'static str, stop: &AtomicBool) -> R
                 }
             }
         }
-        if pending.values().any(|times| !times.is_empty()) {
+        let read_any = pending.values().any(|times| !times.is_empty());
+        if read_any {
             let states = reader.states_by_tid();
             for (&tid, times) in pending.iter().filter(|(_, t)| !t.is_empty()) {
                 let now = monotonic_ns();
@@ -553,6 +558,13 @@ pub fn run(options: &super::Options, mode: &'static str, stop: &AtomicBool) -> R
                 };
                 last_fault.insert(tid, (newest, now));
             }
+        }
+
+        if read_any && finishing.is_none() {
+            // Samples that come in meanwhile wait in the buffers, waking nobody; the next read
+            // shares them with this one by time (the rule above). This caps stack reads at
+            // 1/HOLD per second while memory moves, instead of one per sample.
+            std::thread::sleep(HOLD);
         }
 
         if finishing.is_some() || last_reconcile.elapsed() >= RECONCILE_EVERY {
