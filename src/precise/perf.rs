@@ -560,13 +560,6 @@ pub fn run(options: &super::Options, mode: &'static str, stop: &AtomicBool) -> R
             }
         }
 
-        if read_any && finishing.is_none() {
-            // Samples that come in meanwhile wait in the buffers, waking nobody; the next read
-            // shares them with this one by time (the rule above). This caps stack reads at
-            // 1/HOLD per second while memory moves, instead of one per sample.
-            std::thread::sleep(HOLD);
-        }
-
         if finishing.is_some() || last_reconcile.elapsed() >= RECONCILE_EVERY {
             last_reconcile = Instant::now();
             if let Ok(now) = rss.rss_bytes() {
@@ -605,6 +598,14 @@ pub fn run(options: &super::Options, mode: &'static str, stop: &AtomicBool) -> R
 
         if let Some(end) = finishing {
             break end;
+        }
+        if read_any && finishing.is_none() {
+            // After the reconciliation, which must see the RSS just after the buffers were
+            // drained. Samples that come in meanwhile wait in the buffers, waking nobody (their
+            // pages are in the RSS but not charged yet); the next read shares them with this one
+            // by time (the rule above). This caps stack reads at 1/HOLD per second while memory
+            // moves, instead of one per sample.
+            std::thread::sleep(HOLD);
         }
     };
 
