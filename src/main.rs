@@ -400,6 +400,16 @@ struct ProcessArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum EngineArg {
+    /// bpftrace when it can run (root, bpftrace, BPF), else perf
+    Auto,
+    /// bpftrace on every page fault and release (root)
+    Bpftrace,
+    /// perf_event_open page-fault sampling, a stack read per wakeup (no root needed)
+    Perf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum ChargeArg {
     After,
     Before,
@@ -469,10 +479,15 @@ struct AttachArgs {
     #[arg(long, value_enum, default_value_t = ChargeArg::Before, hide = true)]
     charge: ChargeArg,
 
-    /// Charge every page of growth to the exact Python stack that touched it, counted by the
-    /// kernel (bpftrace on page faults and releases; needs root and bpftrace).
+    /// Charge every page of growth to the Python stack of the thread that touched it, counted by
+    /// the kernel (bpftrace on page faults and releases as root; else perf_event_open
+    /// page-fault sampling, see --precise-engine).
     #[arg(long)]
     precise: bool,
+
+    /// With --precise: the engine. The report's "mode" says which one ran.
+    #[arg(long, value_enum, default_value_t = EngineArg::Auto, value_name = "ENGINE", requires = "precise")]
+    precise_engine: EngineArg,
 
     /// With --precise: innermost frames kept per stack (the rest folded).
     #[arg(long, default_value_t = 32, value_name = "N")]
@@ -581,9 +596,17 @@ fn attach(args: AttachArgs) -> Result<()> {
                 log.path.display()
             )));
         }
-        pymemtrace::precise::check_available()?;
+        pymemtrace::precise::check_engine(engine(args.precise_engine))?;
     }
     attach_and_report(&args, &outputs)
+}
+
+fn engine(arg: EngineArg) -> pymemtrace::precise::Engine {
+    match arg {
+        EngineArg::Auto => pymemtrace::precise::Engine::Auto,
+        EngineArg::Bpftrace => pymemtrace::precise::Engine::Bpftrace,
+        EngineArg::Perf => pymemtrace::precise::Engine::Perf,
+    }
 }
 
 fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
@@ -602,7 +625,7 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
         Some(pid) => target::attach(pid, spy_options)?,
         None => target::spawn(&args.command, spy_options)?,
     };
-    let meta = Meta {
+    let mut meta = Meta {
         pid: target.pid,
         command_line: target.command_line.clone(),
         executable: target.executable.clone(),
@@ -676,9 +699,14 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
                 duration: args.duration,
                 depth: args.depth,
                 threads: args.threads,
+                engine: engine(args.precise_engine),
             },
             &stop,
         )
+        .map(|(recording, mode)| {
+            meta.mode = Some(mode.to_string());
+            recording
+        })
     } else {
         sampler::run(&mut target, &settings, &stop, &mut observer)
     };

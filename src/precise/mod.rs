@@ -21,8 +21,19 @@ use crate::dtrace::{self, catalogue, parse, target as facts, Backend};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sampler::{EndReason, Recording};
 
-/// What `--precise` says it is, in every report.
+pub mod perf;
+
+/// What `--precise` says it is, in every report, when bpftrace ran.
 pub const MODE: &str = "precise (bpftrace page faults)";
+
+/// Which engine counts the pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// bpftrace where it can run (root, bpftrace installed, BPF working), else perf_event_open.
+    Auto,
+    Bpftrace,
+    Perf,
+}
 
 /// The frame that stands for the frames beyond `--depth`.
 pub const FOLDED: &str = "<deeper frames folded>";
@@ -39,6 +50,7 @@ pub struct Options {
     pub depth: u32,
     /// A root frame per thread.
     pub threads: bool,
+    pub engine: Engine,
 }
 
 /// The program for this target: fault and release probes with the stack walk generated for
@@ -320,29 +332,82 @@ pub fn check_available() -> Result<std::path::PathBuf> {
     Ok(tracer)
 }
 
-/// Runs the engine on `options.pid` until Ctrl-C (`stop`), the duration or the target's exit.
-pub fn run(options: &Options, stop: &AtomicBool) -> Result<Recording> {
-    let tracer = check_available()?;
+/// Checks, before the target is started or attached, what can be checked without it: a forced
+/// bpftrace engine must be runnable; the others are decided by [`run`].
+pub fn check_engine(engine: Engine) -> Result<()> {
+    if engine == Engine::Bpftrace {
+        check_available()?;
+    }
+    Ok(())
+}
+
+/// The target's frame layout and `_PyRuntime` address.
+fn frame_layout(pid: i32) -> Result<(&'static FrameLayout, u64)> {
+    let facts = facts::inspect(pid)?;
+    let python = facts
+        .python
+        .as_ref()
+        .map_err(|why| Error::new(ErrorKind::NotPython, format!("PID {pid}: {why}")))?;
+    python.frames().map_err(|why| {
+        Error::new(
+            ErrorKind::UnsupportedVersion,
+            format!("attach --precise cannot read Python frames in PID {pid}: {why}"),
+        )
+    })
+}
+
+/// Runs the chosen engine on `options.pid` until Ctrl-C (`stop`), the duration or the target's
+/// exit. Returns the recording and the mode that ran (for the report).
+pub fn run(options: &Options, stop: &AtomicBool) -> Result<(Recording, &'static str)> {
     if !(1..=MAX_DEPTH).contains(&options.depth) {
         return Err(Error::usage(format!(
             "--depth {}: between 1 and {MAX_DEPTH} with --precise",
             options.depth
         )));
     }
+    let perf = |why: Option<String>| -> Result<(Recording, &'static str)> {
+        let mode = perf::probe(options.pid).map_err(|perf_why| {
+            Error::new(
+                ErrorKind::TracerUnavailable,
+                match &why {
+                    Some(why) => format!(
+                        "attach --precise: no engine can run: {why}; and {perf_why} (run as root, or \
+                         set kernel.perf_event_paranoid to 2 or lower, or drop --precise)"
+                    ),
+                    None => format!("attach --precise --precise-engine perf: {perf_why}"),
+                },
+            )
+        })?;
+        if let Some(why) = why {
+            eprintln!("pymemtrace: {why}; falling back to perf_event_open fault sampling");
+        }
+        Ok((perf::run(options, mode, stop)?, mode))
+    };
+    match options.engine {
+        Engine::Perf => perf(None),
+        Engine::Bpftrace => Ok((run_bpftrace(options, stop)?, MODE)),
+        Engine::Auto => match check_available() {
+            Err(why) => perf(Some(format!("bpftrace cannot run ({})", why.message))),
+            Ok(_) => match run_bpftrace(options, stop) {
+                Ok(recording) => Ok((recording, MODE)),
+                // Only a failure before any probe was attached falls back: the target has not
+                // been traced yet, so nothing is lost.
+                Err(why)
+                    if why.kind == ErrorKind::Internal
+                        && why.message.contains("before attaching") =>
+                {
+                    perf(Some(why.message))
+                }
+                Err(why) => Err(why),
+            },
+        },
+    }
+}
+
+fn run_bpftrace(options: &Options, stop: &AtomicBool) -> Result<Recording> {
+    let tracer = check_available()?;
     let facts = facts::inspect(options.pid)?;
-    let python = facts
-        .python
-        .as_ref()
-        .map_err(|why| Error::new(ErrorKind::NotPython, format!("PID {}: {why}", options.pid)))?;
-    let (layout, _) = python.frames().map_err(|why| {
-        Error::new(
-            ErrorKind::UnsupportedVersion,
-            format!(
-                "attach --precise cannot read Python frames in PID {}: {why}",
-                options.pid
-            ),
-        )
-    })?;
+    let (layout, _) = frame_layout(options.pid)?;
     if facts.libc.is_none() {
         return Err(Error::new(
             ErrorKind::UnsupportedVersion,
