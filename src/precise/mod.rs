@@ -295,7 +295,11 @@ pub fn build_profile(parsed: &parse::Parsed, seen: &Stacks, threads: bool) -> (P
 }
 
 fn peak_rss(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    peak_rss_from_status(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// VmHWM of /proc/PID/status text, in bytes.
+pub(crate) fn peak_rss_from_status(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
