@@ -6,8 +6,10 @@
 #   fuzz/run.sh SECONDS [TARGET...]
 #
 # Installs nothing: needs cargo-fuzz (`cargo install cargo-fuzz --locked --version 0.13.2`) and a
-# C++ compiler for libFuzzer. Works on a stable toolchain: RUSTC_BOOTSTRAP=1 lets stable rustc take
-# the -Z flags cargo-fuzz passes. New corpus entries go to a scratch directory, never into the repo.
+# C++ compiler for libFuzzer. Works on a stable toolchain: with FUZZ_SANITIZER=none cargo-fuzz passes
+# only stable -C flags; for `address` it passes -Zsanitizer, which stable rustc takes under
+# RUSTC_BOOTSTRAP=1 (set here for both, so that switching does not rebuild everything).
+# New corpus entries go to a scratch directory, never into the repo.
 #
 # Environment:
 #   FUZZ_SANITIZER  address, or none (default: the parsers are safe Rust, so ASan finds nothing
@@ -60,7 +62,7 @@ for target in "${targets[@]}"; do
     if [ "$status" -ne 0 ] && [ "$crashes" -eq 0 ]; then
         crashes="? (exit $status)"
     fi
-    echo "fuzz: $target: ${execs:-?} inputs tried in ${took} s, corpus $(find "$corpus" -type f | wc -l) new inputs, crashes: $crashes"
+    echo "fuzz: $target: ${execs:-?} inputs tried in ${took} s, corpus now $(find "$corpus" -type f | wc -l) inputs, crashes: $crashes"
     if [ "$status" -ne 0 ]; then
         failed=1
         grep -E -m 5 "panicked|ERROR|SUMMARY|Test unit written" "$log" | sed 's/^/fuzz:   /'
