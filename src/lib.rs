@@ -5,6 +5,7 @@
 pub mod attribution;
 pub mod dtrace;
 pub mod error;
+pub mod fuzzing;
 pub mod inject;
 pub mod mallocstats;
 pub mod memory;

@@ -612,12 +612,15 @@ pub fn write_table(out: &mut impl Write, report: &Report, top: usize) -> std::io
         writeln!(out)?;
         writeln!(out, "{} request sizes:", histogram.function)?;
         for bucket in histogram.buckets.iter().filter(|b| b.count > 0) {
-            let bar = "@".repeat(((bucket.count * 40).div_ceil(max)) as usize);
+            // In u128: a count near u64::MAX (the tracer's own counter) overflowed (found by fuzzing).
+            let bar =
+                "@".repeat((u128::from(bucket.count) * 40).div_ceil(u128::from(max)) as usize);
             writeln!(
                 out,
                 "  {:>24} {:>12} {}",
                 bucket_label(bucket),
-                thousands(bucket.count as i64),
+                // Unsigned: a count past i64::MAX printed as negative.
+                crate::report::table::thousands(bucket.count),
                 bar
             )?;
         }
@@ -782,6 +785,23 @@ mod tests {
             flow: vec![],
             flow_events: 0,
         }
+    }
+
+    #[test]
+    fn histogram_bar_of_the_largest_count() {
+        // fuzz/seeds/tracer_output/regress-histogram-count-overflow.txt: a multiply overflow before.
+        let text =
+            include_str!("../../fuzz/seeds/tracer_output/regress-histogram-count-overflow.txt");
+        let report = build(&parse(text), meta("malloc_count"), &ReadOptions::default());
+        let mut out = Vec::new();
+        write_table(&mut out, &report, 10).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let bars: Vec<usize> = out
+            .lines()
+            .filter(|l| l.contains("18,446,744,073,709,551,615") || l.trim_end().ends_with(" 1 @"))
+            .map(|l| l.matches('@').count())
+            .collect();
+        assert_eq!(bars, [40, 1], "{out}");
     }
 
     #[test]

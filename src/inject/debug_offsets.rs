@@ -684,7 +684,7 @@ fn check_pointer(pointer: u64, what: &str) -> Result<()> {
 
 /// One line of /proc/PID/maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Mapping {
+pub(crate) struct Mapping {
     start: u64,
     end: u64,
     /// The "start-end" text, as /proc/PID/map_files names the mapping.
@@ -693,7 +693,7 @@ struct Mapping {
     path: String,
 }
 
-fn parse_maps(text: &str) -> Vec<Mapping> {
+pub(crate) fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines().filter_map(parse_maps_line).collect()
 }
 

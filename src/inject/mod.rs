@@ -15,7 +15,7 @@ mod channel;
 pub mod debug_offsets;
 mod gdb;
 mod marshal;
-mod ptrace;
+pub(crate) mod ptrace;
 mod stub;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,6 +117,16 @@ fn target_ids(pid: i32) -> Result<(u32, u32)> {
             format!("PID {pid} exited before the helper could be sent"),
         )
     })?;
+    match filesystem_ids(&status) {
+        Some(ids) => Ok(ids),
+        None => Err(Error::internal(format!(
+            "cannot read the owner of PID {pid} from /proc/{pid}/status"
+        ))),
+    }
+}
+
+/// The filesystem uid and gid (4th figure of the Uid: and Gid: lines) of /proc/PID/status text.
+pub(crate) fn filesystem_ids(status: &str) -> Option<(u32, u32)> {
     let field = |key: &str| {
         status
             .lines()
@@ -124,12 +134,7 @@ fn target_ids(pid: i32) -> Result<(u32, u32)> {
             .and_then(|v| v.split_whitespace().nth(3))
             .and_then(|v| v.parse::<u32>().ok())
     };
-    match (field("Uid:"), field("Gid:")) {
-        (Some(uid), Some(gid)) => Ok((uid, gid)),
-        _ => Err(Error::internal(format!(
-            "cannot read the owner of PID {pid} from /proc/{pid}/status"
-        ))),
-    }
+    Some((field("Uid:")?, field("Gid:")?))
 }
 
 /// The addresses to call, from the interpreter's symbols.

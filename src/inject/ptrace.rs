@@ -133,13 +133,16 @@ pub fn seize(tid: i32) -> Result<Held> {
 pub fn traced_by_other(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("TracerPid:"))
-                .and_then(|v| v.trim().parse::<i32>().ok())
-        })
+        .and_then(|status| tracer_pid(&status))
         .is_some_and(|tracer| tracer != 0)
+}
+
+/// The TracerPid line of /proc/PID/status.
+pub(crate) fn tracer_pid(status: &str) -> Option<i32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok())
 }
 
 fn get_xstate(pid: Pid) -> Result<Vec<u8>> {
@@ -466,8 +469,18 @@ pub fn find_syscall_instruction(pid: i32, held: &Held) -> Result<u64> {
     }
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .map_err(|e| PtraceError::Failed(format!("cannot read /proc/{pid}/maps: {e}")))?;
-    let vdso = maps
-        .lines()
+    let vdso = vdso_range(&maps)
+        .ok_or_else(|| PtraceError::Failed("no [vdso] mapping to find a syscall in".into()))?;
+    let code = read_memory(pid, vdso.0, (vdso.1 - vdso.0) as usize)?;
+    code.windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|offset| vdso.0 + offset as u64)
+        .ok_or_else(|| PtraceError::Failed("no syscall instruction in the vDSO".into()))
+}
+
+/// The [vdso] mapping of /proc/PID/maps text: (start, end).
+pub(crate) fn vdso_range(maps: &str) -> Option<(u64, u64)> {
+    maps.lines()
         .find(|l| l.ends_with("[vdso]"))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|range| range.split_once('-'))
@@ -477,10 +490,4 @@ pub fn find_syscall_instruction(pid: i32, held: &Held) -> Result<u64> {
                 u64::from_str_radix(end, 16).ok()?,
             ))
         })
-        .ok_or_else(|| PtraceError::Failed("no [vdso] mapping to find a syscall in".into()))?;
-    let code = read_memory(pid, vdso.0, (vdso.1 - vdso.0) as usize)?;
-    code.windows(2)
-        .position(|w| w == [0x0f, 0x05])
-        .map(|offset| vdso.0 + offset as u64)
-        .ok_or_else(|| PtraceError::Failed("no syscall instruction in the vDSO".into()))
 }

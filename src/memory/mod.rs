@@ -68,7 +68,7 @@ impl RssReader {
 }
 
 /// The second field of statm ("size resident shared text lib data dt"), in pages.
-fn parse_statm_resident(text: &[u8]) -> Option<u64> {
+pub(crate) fn parse_statm_resident(text: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(text).ok()?;
     text.split_ascii_whitespace().nth(1)?.parse().ok()
 }
@@ -173,7 +173,11 @@ impl ThreadFaults {
 /// Fields 3 (state) and 10 (minflt) of a stat file, counted after the parenthesised command name.
 fn read_stat(file: &File, buffer: &mut [u8]) -> Option<(char, u64)> {
     let len = file.read_at(buffer, 0).ok()?;
-    let text = std::str::from_utf8(&buffer[..len]).ok()?;
+    parse_task_stat(std::str::from_utf8(&buffer[..len]).ok()?)
+}
+
+/// What `read_stat` takes from the text of a stat file: (state, minor faults).
+pub(crate) fn parse_task_stat(text: &str) -> Option<(char, u64)> {
     let after_name = &text[text.rfind(')')? + 1..];
     // After the name: state(3) ppid pgrp session tty_nr tpgid flags minflt(10).
     let mut fields = after_name.split_ascii_whitespace();

@@ -106,7 +106,7 @@ fn kilobytes(value: &str) -> Option<u64> {
 }
 
 /// The first two fields of statm, in pages: (size, resident).
-fn parse_statm(text: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_statm(text: &str) -> Option<(u64, u64)> {
     let mut fields = text.split_ascii_whitespace();
     Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
@@ -271,12 +271,22 @@ fn read_text<'a>(file: &File, buffer: &'a mut [u8]) -> io::Result<&'a str> {
         }
         filled += n;
     }
-    let text = &buffer[..filled];
-    // Lossy on purpose: a command name can hold any bytes, and only numbers are taken from here.
-    Ok(match std::str::from_utf8(text) {
+    Ok(valid_prefix(&buffer[..filled]))
+}
+
+/// The text up to the first byte that is not UTF-8. Lossy on purpose: a command name can hold any
+/// bytes, and only numbers are taken from here.
+pub(crate) fn valid_prefix(text: &[u8]) -> &str {
+    match std::str::from_utf8(text) {
         Ok(text) => text,
         Err(err) => std::str::from_utf8(&text[..err.valid_up_to()]).unwrap_or(""),
-    })
+    }
+}
+
+/// The PIDs of a `children` file ("12 34 ").
+pub(crate) fn parse_children(text: &str) -> impl Iterator<Item = u32> + '_ {
+    text.split_ascii_whitespace()
+        .filter_map(|pid| pid.parse::<u32>().ok())
 }
 
 /// The direct children of one process, read again and again. Its threads' `children` files stay
@@ -322,10 +332,7 @@ impl ChildrenReader {
             let mut failed = false;
             for file in &self.threads {
                 match read_text(file, &mut buffer) {
-                    Ok(text) => children.extend(
-                        text.split_ascii_whitespace()
-                            .filter_map(|pid| pid.parse::<u32>().ok()),
-                    ),
+                    Ok(text) => children.extend(parse_children(text)),
                     Err(_) => failed = true,
                 }
             }
@@ -352,10 +359,7 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
             continue;
         };
-        children.extend(
-            text.split_ascii_whitespace()
-                .filter_map(|pid| pid.parse::<u32>().ok()),
-        );
+        children.extend(parse_children(&text));
     }
     children.sort_unstable();
     children.dedup();
@@ -366,6 +370,16 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 /// thread, or a zombie) its name in brackets, as `ps` shows it.
 pub fn command_of(pid: u32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    if let Some(command) = command_from_cmdline(&raw) {
+        return Some(command);
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(format!("[{}]", comm.trim_end()))
+}
+
+/// The arguments of a cmdline file joined by spaces, control characters blanked; None when it
+/// holds no argument.
+pub(crate) fn command_from_cmdline(raw: &[u8]) -> Option<String> {
     let args: Vec<String> = raw
         .split(|&b| b == 0)
         .filter(|part| !part.is_empty())
@@ -383,8 +397,7 @@ pub fn command_of(pid: u32) -> Option<String> {
             joined
         });
     }
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    Some(format!("[{}]", comm.trim_end()))
+    None
 }
 
 /// Clock ticks per second, the unit of CPU times in stat.

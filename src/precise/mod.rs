@@ -307,10 +307,15 @@ pub fn build_profile(parsed: &parse::Parsed, seen: &Stacks, threads: bool) -> (P
 }
 
 fn peak_rss(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    peak_rss_from_status(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// VmHWM of /proc/PID/status text, in bytes.
+pub(crate) fn peak_rss_from_status(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    // A figure past 16 EiB is not a real one: unknown rather than an overflow (found by fuzzing).
+    kib.checked_mul(1024)
 }
 
 /// Checks that the engine can run here (root, bpftrace), before anything is started.
@@ -535,6 +540,16 @@ fn run_bpftrace(options: &Options, stop: &AtomicBool) -> Result<Recording> {
 mod tests {
     use super::*;
     use crate::dtrace::offsets;
+
+    #[test]
+    fn peak_rss_from_status_text() {
+        let status = "Name:\tpython3\nVmPeak:\t  20000 kB\nVmHWM:\t   9876 kB\nVmRSS:\t 9000 kB\n";
+        assert_eq!(peak_rss_from_status(status), Some(9876 * 1024));
+        assert_eq!(peak_rss_from_status("Name:\tkthreadd\n"), None);
+        // fuzz/seeds/proc_files/regress-vmhwm-overflow: a multiply overflow before.
+        let huge = include_str!("../../fuzz/seeds/proc_files/regress-vmhwm-overflow");
+        assert_eq!(peak_rss_from_status(huge), None);
+    }
 
     fn values() -> BTreeMap<String, String> {
         let mut values: BTreeMap<String, String> = catalogue::KNOWN_FACTS

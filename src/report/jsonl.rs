@@ -86,18 +86,29 @@ const MAX_LINE: usize = 1 << 20;
 /// A last line cut short (the writer was killed mid-line) is skipped and reported in the returned
 /// count; any other bad line is an error that names the line.
 pub fn read_ticks(path: &Path, each: &mut dyn FnMut(&[Tick])) -> Result<ReadOutcome> {
+    let file = File::open(path).map_err(|err| {
+        Error::new(
+            ErrorKind::BadInput,
+            format!("cannot read `{}`: {err}", path.display()),
+        )
+    })?;
+    read_ticks_from(&mut BufReader::new(file), path, each)
+}
+
+/// [`read_ticks`] on an open reader; `path` only names the input in messages.
+pub fn read_ticks_from(
+    reader: &mut dyn BufRead,
+    path: &Path,
+    each: &mut dyn FnMut(&[Tick]),
+) -> Result<ReadOutcome> {
     let bad_input = |message: String| Error::new(ErrorKind::BadInput, message);
-    let file = File::open(path)
-        .map_err(|err| bad_input(format!("cannot read `{}`: {err}", path.display())))?;
-    let mut reader = BufReader::new(file);
     let mut outcome = ReadOutcome::default();
     let mut rows: Vec<Tick> = Vec::new();
     let mut line = Vec::new();
     let mut number = 0usize;
     loop {
         line.clear();
-        let read = reader
-            .by_ref()
+        let read = (&mut *reader)
             .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut line)
             .map_err(|err| bad_input(format!("cannot read `{}`: {err}", path.display())))?;

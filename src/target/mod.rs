@@ -48,7 +48,11 @@ fn spy_config(options: SpyOptions) -> Config {
 
 /// Reads /proc/PID/stat's state letter, or None when the process does not exist.
 fn process_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    state_from_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The state letter of a stat line.
+pub(crate) fn state_from_stat(stat: &str) -> Option<char> {
     // The command name is in parentheses and may itself contain spaces or parentheses.
     let after_name = &stat[stat.rfind(')')? + 1..];
     after_name.split_whitespace().next()?.chars().next()
@@ -98,14 +102,17 @@ pub fn stopped_warning(pid: i32) -> Option<String> {
 /// The process's command line, arguments joined by spaces (empty if it cannot be read).
 pub fn command_line(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|&b| b == 0)
-                .filter(|part| !part.is_empty())
-                .map(|part| String::from_utf8_lossy(part).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
+        .map(|raw| join_cmdline(&raw))
         .unwrap_or_default()
+}
+
+/// The NUL-separated arguments of a cmdline file, joined by spaces.
+pub(crate) fn join_cmdline(raw: &[u8]) -> String {
+    raw.split(|&b| b == 0)
+        .filter(|part| !part.is_empty())
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn owner_uid(pid: i32) -> Option<u32> {
@@ -144,6 +151,11 @@ pub fn is_kernel_thread(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
+    kernel_thread_stat(&stat)
+}
+
+/// Whether a stat line carries the kernel-thread flag.
+pub(crate) fn kernel_thread_stat(stat: &str) -> bool {
     // Fields after the command name (which may hold spaces and parentheses): state is the 3rd
     // field of the line, flags the 9th.
     let Some((_, rest)) = stat.rsplit_once(')') else {
