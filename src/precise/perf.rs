@@ -635,6 +635,7 @@ pub fn run(options: &super::Options, mode: &'static str, stop: &AtomicBool) -> R
         profile,
         samples: faults,
         lost,
+        recovery: Default::default(),
         rss_polls: 0,
         rss_start,
         rss_end: if alive {
