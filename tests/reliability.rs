@@ -900,6 +900,13 @@ fn a_stopped_target_is_refused_or_warned_about_and_left_stopped() {
             ));
         }
         target.signal(SIGSTOP);
+        // kill(2) only queues the stop: each thread stops when it is next scheduled, which on a
+        // busy machine can come after a fast tool has already looked. The case is about a target
+        // that *is* stopped, so wait until the kernel says so.
+        let asked = Instant::now();
+        while state(pid) != Some('T') && asked.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         for (name, args) in &readers {
             let output = run_to_end(tool().args(args));
             let stderr = String::from_utf8_lossy(&output.stderr);
