@@ -16,6 +16,8 @@ pub struct StatFields {
     pub name: [u8; 16],
     pub state: char,
     pub ppid: u32,
+    /// The kernel's per-task flags (field 9); see [`StatFields::exiting`].
+    pub flags: u64,
     pub minor_faults: u64,
     pub major_faults: u64,
     /// In clock ticks.
@@ -31,7 +33,18 @@ pub struct StatFields {
     pub start_code: u64,
 }
 
+/// PF_EXITING in include/linux/sched.h: the task is in do_exit().
+const PF_EXITING: u64 = 0x4;
+
 impl StatFields {
+    /// Whether the process is being torn down by the kernel: its leader is in do_exit() and no
+    /// other thread carries on (a leader that called pthread_exit leaves the others running).
+    /// Its memory figures then fall to 0 as the kernel frees it: they describe the exit, not the
+    /// program, so a reading is treated as the process's end.
+    pub fn exiting(&self) -> bool {
+        self.flags & PF_EXITING != 0 && self.threads <= 1
+    }
+
     /// What identifies the running program image: differs after an exec.
     pub fn image(&self) -> ([u8; 16], u64) {
         (self.name, self.start_code)
@@ -57,6 +70,7 @@ pub fn parse_stat(text: &str) -> Option<StatFields> {
         name,
         state: field(3)?.chars().next()?,
         ppid: field(4)?.parse().ok()?,
+        flags: number(9).unwrap_or(0),
         minor_faults: number(10)?,
         major_faults: number(12)?,
         user_ticks: number(14)?,
@@ -223,7 +237,7 @@ impl ProcessReader {
                 format!("/proc/{}/stat is not a stat line", self.pid),
             ))
         })?;
-        if matches!(stat.state, 'Z' | 'X') {
+        if matches!(stat.state, 'Z' | 'X') || stat.exiting() {
             return Err(ReadError::Exited);
         }
         let (rss, vms) = parse_statm(read_text(&self.statm, &mut self.buffer)?)
@@ -426,6 +440,7 @@ mod tests {
                 name: *b"a (weird) name\0\0",
                 state: 'S',
                 ppid: 17,
+                flags: 4194560,
                 minor_faults: 1500,
                 major_faults: 3,
                 user_ticks: 250,
@@ -437,6 +452,26 @@ mod tests {
         );
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (short) S 0"), None);
+    }
+
+    #[test]
+    fn a_leader_in_do_exit_is_exiting_unless_other_threads_carry_on() {
+        // 4194564 = PF_EXITING (0x4) with the flags of the line above.
+        let exiting = |threads: u32| {
+            let line = format!(
+                "4242 (python3) R 17 4242 4242 0 -1 4194564 1500 0 3 0 250 40 0 0 20 0 \
+                 {threads} 0 987654 123456789 0 18446744073709551615"
+            );
+            parse_stat(&line).unwrap().exiting()
+        };
+        assert!(exiting(1));
+        assert!(
+            !exiting(4),
+            "a leader that called pthread_exit leaves a live process"
+        );
+        let running = "4242 (python3) R 17 4242 4242 0 -1 4194560 1500 0 3 0 250 40 0 0 20 0 \
+                       1 0 987654 123456789 0 18446744073709551615";
+        assert!(!parse_stat(running).unwrap().exiting());
     }
 
     #[test]
