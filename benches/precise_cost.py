@@ -142,6 +142,18 @@ def cost_run(env, workdir, fixture, args, make_tool):
         target.kill()
 
 
+def machine_note(load_before, load_after):
+    """What the load averages say about the figures: a busy machine slows the perf engine's reads
+    and every target, so its figures are not ones to quote."""
+    if load_before > 0.5:
+        return ("**This run shared the machine with other work (load average %.1f before it started,"
+                " %.1f at the end)**: the figures that depend on the tool getting the CPU at once (the"
+                " perf engine's shares, every slowdown) are worse than on a quiet machine; rerun there"
+                " for figures to quote." % (load_before, load_after))
+    return ("The machine was otherwise quiet (load average %.1f before the run; %.1f at the end, the"
+            " run's own)." % (load_before, load_after))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -150,6 +162,8 @@ def main():
     parser.add_argument("--out", default=os.path.join(ct.ROOT, "docs", "benchmarks.md"))
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    # The one-minute load average before anything of ours runs: what else the machine was doing.
+    load_before = os.getloadavg()[0]
     began = time.time()
     env = ct.setup(args.python)
     ct.build(env)
@@ -189,13 +203,10 @@ def main():
 
     lines = [
         "Produced by `sudo python3 benches/precise_cost.py --rounds %d` on %s (%s, %d cores, %s), Python %s as"
-        " the target. Tools: %s. **This run shared the machine with other builds and test runs (load"
-        " average %.1f at the end)**: the figures that depend on the tool getting the CPU at once (the"
-        " perf engine's shares, every slowdown) are worse than on a quiet machine; rerun there for"
-        " figures to quote." % (
+        " the target. Tools: %s. %s" % (
             args.rounds, time.strftime("%Y-%m-%d"), platform.machine(), os.cpu_count(), platform.platform(),
             env.versions["python"], ", ".join(env.versions[k] for k in ("pymemtrace", "austin") if k in env.versions),
-            os.getloadavg()[0]),
+            machine_note(load_before, os.getloadavg()[0])),
         "",
         "**Share error**, percentage points, worst function of each fixture (median of %d rounds; what"
         " went to functions outside the truth counts as an error too). Shares of net growth, as in the"

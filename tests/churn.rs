@@ -10,6 +10,7 @@
 mod common;
 
 use common::*;
+use pymemtrace::report::table::thousands;
 
 /// Seconds the fixture runs: long enough for thousands of reads (at 0.3-1 ms each under churn,
 /// so 1% is tens of reads), short enough for the file's CI budget (about 60 s).
@@ -69,6 +70,17 @@ fn thread_churn_loses_under_one_percent_of_ticks_and_keeps_attribution() {
             keep / kept * 100.0,
             share(&result, "compute") * 100.0,
         );
+        // The table on stdout says the same as the JSON.
+        let said = format!(
+            "threads ended mid-read: {} samples read again, {} read in part ({} ending thread \
+             states left out)",
+            thousands(retried),
+            thousands(partial),
+            thousands(result["threads_skipped"].as_u64().unwrap_or(u64::MAX)),
+        );
+        if retried + partial > 0 && !stdout.lines().any(|l| l == said) {
+            return Err(format!("the table does not say {said:?}: {figures}"));
+        }
         if churn < MIN_CHURN_PER_SECOND {
             return Err(format!("the fixture hardly churned: {figures}"));
         }

@@ -55,6 +55,19 @@ pub fn write(
         recording.lost_fraction() * 100.0,
         rate
     )?;
+    let recovery = &recording.recovery;
+    if recovery.retried + recovery.partial > 0 {
+        // Reads that met a thread as it ended: say how they were saved, so that a run with many
+        // is not taken for one where every stack came whole at the first try.
+        writeln!(
+            out,
+            "threads ended mid-read: {} samples read again, {} read in part ({} ending thread \
+             states left out)",
+            thousands(recovery.retried),
+            thousands(recovery.partial),
+            thousands(recovery.threads_skipped),
+        )?;
+    }
     writeln!(
         out,
         "RSS {} -> {} ({}), peak {}; charged: grown {}, released {}, net {}",
