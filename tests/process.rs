@@ -168,6 +168,16 @@ fn a_steady_climb_is_called_a_leak_at_its_true_rate() {
         if !stdout.contains("the signature of a leak") {
             return Err(format!("no leak verdict:\n{stdout}"));
         }
+        // The header names what was run, even when the child was still inside exec() when it
+        // was first read (it used to show `[pymemtrace]` then).
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let header = stderr
+            .lines()
+            .find(|l| l.starts_with("pymemtrace: following PID "))
+            .unwrap_or("");
+        if !header.contains(&format!("({} ", python.path.display())) {
+            return Err(format!("the header does not name the command: {header:?}"));
+        }
         Ok(format!("{:.1} MB/s, R² {r2:.3}, called a leak", slope / MB))
     });
 }

@@ -277,7 +277,13 @@ fn record(options: &ProcessOptions) -> Result<()> {
         .map(|p| p as u32)
         .or_else(|| child.as_ref().map(Child::id))
         .expect("validated: a pid or a command");
-    let command = crate::memory::process::command_of(root).unwrap_or_default();
+    // A child we just started can still be inside exec(): its command line then reads empty and
+    // `[name]` stands in (the tool's own name, even). The header shows what we ran instead.
+    let command = match crate::memory::process::command_of(root) {
+        Some(read) if !(child.is_some() && read.starts_with('[')) => read,
+        _ if child.is_some() => options.command.join(" "),
+        _ => String::new(),
+    };
     eprintln!(
         "pymemtrace: following PID {root} ({}) every {} s{}{}; {}Ctrl-C to stop",
         crate::report::collapsed::truncate(&command, 60),
