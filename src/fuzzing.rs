@@ -78,16 +78,7 @@ pub fn tracer_output(data: &[u8]) {
         python: None,
         seconds: 1.0,
         end: "duration reached".into(),
-        complete: false,
-        per_second: Vec::new(),
-        totals: Vec::new(),
-        histograms: Vec::new(),
-        threads: Vec::new(),
-        python_functions: Vec::new(),
-        outstanding: None,
-        collections: Vec::new(),
-        flow: Vec::new(),
-        flow_events: 0,
+        ..report::Report::default()
     };
     let options = report::ReadOptions {
         min_age_ms: 0,

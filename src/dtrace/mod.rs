@@ -580,16 +580,7 @@ pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<
             .map(|p| p.version.clone()),
         seconds,
         end: end.to_string(),
-        complete: false,
-        per_second: Vec::new(),
-        totals: Vec::new(),
-        histograms: Vec::new(),
-        threads: Vec::new(),
-        python_functions: Vec::new(),
-        outstanding: None,
-        collections: Vec::new(),
-        flow: Vec::new(),
-        flow_events: 0,
+        ..Report::default()
     };
     Ok(report::build(
         &parsed,

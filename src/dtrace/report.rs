@@ -99,8 +99,8 @@ pub struct FlowEvent {
     pub python: Option<PyFunction>,
 }
 
-/// Everything a run produced.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Everything a run produced. The default is the header alone, before `build` fills the figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Report {
     pub script: String,
     pub backend: String,
@@ -774,16 +774,7 @@ mod tests {
             python: Some("3.12.1".into()),
             seconds: 1.0,
             end: "interrupted".into(),
-            complete: false,
-            per_second: vec![],
-            totals: vec![],
-            histograms: vec![],
-            threads: vec![],
-            python_functions: vec![],
-            outstanding: None,
-            collections: vec![],
-            flow: vec![],
-            flow_events: 0,
+            ..Report::default()
         }
     }
 
