@@ -14,22 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// True when bpftrace can run here; a missing bpftrace fails under CI.
-fn bpftrace_ready() -> bool {
-    let found = Command::new("bpftrace")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found || !in_ci(),
-        "bpftrace is not installed (CI=true: a missing tracer is a failure)"
-    );
-    if !found {
-        eprintln!("NOTE: bpftrace is not installed; the dtrace tests did not run");
-    }
-    found && nix::unistd::geteuid().is_root()
-}
-
 /// The tool tracing `pid`, started in the background; returns once its probes are attached.
 fn start_tracing(pid: i32, script: &str, extra: &[&str]) -> Result<(Child, String), String> {
     let mut child = tool()
@@ -124,7 +108,7 @@ fn bucket_count(histogram: &Value, low: i64) -> u64 {
 /// 1000 times, the 100,000-byte bucket (where the interpreter itself hardly allocates) at most 1050.
 #[test]
 fn malloc_count_counts_known_mallocs_in_their_log2_buckets() {
-    if !bpftrace_ready() {
+    if !bpftrace_ready("the dtrace tests") {
         return;
     }
     let _serial = serial();
@@ -185,7 +169,7 @@ fn malloc_count_counts_known_mallocs_in_their_log2_buckets() {
 /// whose Python function is leak_blocks in native_leak.py.
 #[test]
 fn malloc_outstanding_finds_the_leaked_blocks_and_the_function_that_leaked_them() {
-    if !bpftrace_ready() {
+    if !bpftrace_ready("the dtrace tests") {
         return;
     }
     let _serial = serial();
@@ -240,7 +224,7 @@ fn malloc_outstanding_finds_the_leaked_blocks_and_the_function_that_leaked_them(
 /// both in py_allocs.py, and under a tenth of that to small_objects. On 3.8-3.13 and Debian's 3.11.
 #[test]
 fn py_malloc_names_the_allocating_python_functions() {
-    if !bpftrace_ready() {
+    if !bpftrace_ready("the dtrace tests") {
         return;
     }
     let _serial = serial();
@@ -289,7 +273,7 @@ fn py_malloc_names_the_allocating_python_functions() {
 /// through its USDT probes (required); pyenv's 3.9-3.13 through the collection function.
 #[test]
 fn py_gc_sees_exactly_the_explicit_collections() {
-    if !bpftrace_ready() {
+    if !bpftrace_ready("the dtrace tests") {
         return;
     }
     let _serial = serial();

@@ -43,22 +43,6 @@ fn injectable() -> Vec<Interpreter> {
         .collect()
 }
 
-/// True when bpftrace can run here (root); its absence fails under CI.
-fn bpftrace_ready() -> bool {
-    let found = Command::new("bpftrace")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found || !in_ci(),
-        "bpftrace is not installed (CI=true: a missing tracer is a failure)"
-    );
-    if !found {
-        eprintln!("NOTE: bpftrace is not installed; the dtrace cases did not run");
-    }
-    found && nix::unistd::geteuid().is_root()
-}
-
 /// The checked target.
 struct Checked {
     child: Child,
@@ -615,7 +599,7 @@ fn a_killed_target_ends_every_tool_within_a_second() {
     let _serial = serial();
     let mut verdicts = Verdicts::default();
     let pythons = interpreters();
-    let dtrace = bpftrace_ready();
+    let dtrace = bpftrace_ready("the dtrace cases");
     for python in &pythons {
         let label = &python.label;
         let scratch = Scratch::new("killed");
@@ -842,7 +826,7 @@ fn a_stopped_target_is_refused_or_warned_about_and_left_stopped() {
     let _serial = serial();
     use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
     let mut verdicts = Verdicts::default();
-    let dtrace = bpftrace_ready();
+    let dtrace = bpftrace_ready("the dtrace cases");
     let pythons = interpreters();
     for python in &pythons {
         let label = &python.label;
@@ -1020,7 +1004,7 @@ fn sigint_and_sigterm_end_every_tool_with_complete_outputs() {
     let _serial = serial();
     use nix::sys::signal::Signal::{self, SIGINT, SIGTERM};
     let mut verdicts = Verdicts::default();
-    let dtrace = bpftrace_ready();
+    let dtrace = bpftrace_ready("the dtrace cases");
     let pythons = interpreters();
     for (index, python) in pythons.iter().enumerate() {
         let label = &python.label;

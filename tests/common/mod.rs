@@ -49,6 +49,23 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
+/// True when bpftrace can run here (installed, and we are root); a missing bpftrace fails under
+/// CI. `what` names the cases that then do not run.
+pub fn bpftrace_ready(what: &str) -> bool {
+    let found = Command::new("bpftrace")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found || !in_ci(),
+        "bpftrace is not installed (CI=true: a missing tracer is a failure)"
+    );
+    if !found {
+        eprintln!("NOTE: bpftrace is not installed; {what} did not run");
+    }
+    found && nix::unistd::geteuid().is_root()
+}
+
 /// Every supported interpreter on this machine: pyenv's 2.7 and 3.6-3.13, and Debian's python3.11.
 /// A missing one is reported; under CI=true it fails the test. PYMEMTRACE_TEST_PYTHONS=3.12,3.13
 /// narrows a local run.
