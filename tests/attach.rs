@@ -247,6 +247,44 @@ fn duration_spawn_and_target_exit_each_end_with_complete_outputs() {
                 "spawn: summary table lacks the exit or keep_big row:\n{stdout}"
             ));
         }
+        // Below the 20 rows of the table, a function that released 5% or more of all released
+        // bytes (here the interpreter freeing its heap at exit, under `<no Python frame>`) is
+        // shown anyway, largest first, at most 3; the JSON has every function in table order.
+        let functions = read_json(&format!("{base}.json"))["functions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let released = |f: &serde_json::Value| f["self"]["released"].as_u64().unwrap_or(0);
+        let all_released: u64 = functions.iter().map(released).sum();
+        let mut large: Vec<&serde_json::Value> = functions
+            .iter()
+            .skip(20)
+            .filter(|f| released(f) > 0 && released(f) as f64 >= 0.05 * all_released as f64)
+            .collect();
+        large.sort_by_key(|f| std::cmp::Reverse(released(f)));
+        large.truncate(3);
+        let shown: Vec<&str> = stdout
+            .lines()
+            .skip_while(|l| *l != "of those, the largest releases:")
+            .skip(1)
+            .collect();
+        let expected: Vec<&str> = large
+            .iter()
+            .map(|f| f["function"].as_str().unwrap_or("?"))
+            .collect();
+        if shown.len() != expected.len()
+            || !shown
+                .iter()
+                .zip(&expected)
+                .all(|(l, name)| l.contains(name))
+        {
+            return Err(format!(
+                "spawn: the largest releases below the top should be {expected:?}, the table \
+                 shows {shown:?}"
+            ));
+        }
+
+        let releases_shown = expected.join(", ");
 
         // Spawn mode, interrupted while the program lingers: outputs written, child ended.
         let base = scratch.path("spawn-int");
@@ -280,7 +318,9 @@ fn duration_spawn_and_target_exit_each_end_with_complete_outputs() {
         if std::path::Path::new(&format!("/proc/{child_pid}")).exists() {
             return Err(format!("spawn+SIGINT: child {child_pid} outlived the tool"));
         }
-        Ok("duration, spawn, spawn+SIGINT complete".into())
+        Ok(format!(
+            "duration, spawn, spawn+SIGINT complete; below the top rows: [{releases_shown}]"
+        ))
     });
 }
 

@@ -2,15 +2,23 @@
 
 use std::io::{self, Write};
 
+use crate::attribution::FunctionSummary;
 use crate::memory::{human_bytes, human_delta};
 use crate::report::collapsed::truncate;
 use crate::report::Meta;
 use crate::sampler::Recording;
 
-/// "12,345".
 /// The share of change seen late above which the summary warns that shares are approximate.
 pub const LATE_WARNING: f64 = 0.05;
 
+/// A function below the top rows that released at least this share of all released bytes is
+/// shown anyway, at most `LARGEST_RELEASES_SHOWN` of them. Rows are ordered by net growth, so a big
+/// release (an interpreter freeing its heap at exit, a cache emptied) sinks to the very bottom,
+/// and without it the top rows add up to far more than the run's net change.
+const LARGE_RELEASE_SHARE: f64 = 0.05;
+const LARGEST_RELEASES_SHOWN: usize = 3;
+
+/// "12,345".
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
@@ -100,7 +108,7 @@ pub fn write(
         "{:>11} {:>11} {:>11} {:>11} {:>6}  {:<32} FILE:LINE",
         "SELF NET", "TOTAL NET", "GROWN", "RELEASED", "SHARE", "FUNCTION"
     )?;
-    for f in functions.iter().take(top) {
+    let row = |out: &mut dyn Write, f: &FunctionSummary| -> io::Result<()> {
         let location = if f.file.is_empty() {
             String::new()
         } else {
@@ -116,7 +124,10 @@ pub fn write(
             f.share * 100.0,
             truncate(&f.function, 32),
             location
-        )?;
+        )
+    };
+    for f in functions.iter().take(top) {
+        row(out, f)?;
     }
     if functions.len() > top {
         writeln!(
@@ -124,6 +135,20 @@ pub fn write(
             "... {} more functions (--top N shows more)",
             functions.len() - top
         )?;
+        let released: u64 = functions.iter().map(|f| f.self_totals.released).sum();
+        let mut large: Vec<&FunctionSummary> = functions[top..]
+            .iter()
+            .filter(|f| f.self_totals.released as f64 >= LARGE_RELEASE_SHARE * released as f64)
+            .filter(|f| f.self_totals.released > 0)
+            .collect();
+        large.sort_by_key(|f| std::cmp::Reverse(f.self_totals.released));
+        large.truncate(LARGEST_RELEASES_SHOWN);
+        if !large.is_empty() {
+            writeln!(out, "of those, the largest releases:")?;
+            for f in large {
+                row(out, f)?;
+            }
+        }
     }
     Ok(())
 }
