@@ -108,7 +108,7 @@ fn bucket_count(histogram: &Value, low: i64) -> u64 {
 /// 1000 times, the 100,000-byte bucket (where the interpreter itself hardly allocates) at most 1050.
 #[test]
 fn malloc_count_counts_known_mallocs_in_their_log2_buckets() {
-    if !bpftrace_ready("the dtrace tests") {
+    if !bpftrace_ready() {
         return;
     }
     let _serial = serial();
@@ -169,7 +169,7 @@ fn malloc_count_counts_known_mallocs_in_their_log2_buckets() {
 /// whose Python function is leak_blocks in native_leak.py.
 #[test]
 fn malloc_outstanding_finds_the_leaked_blocks_and_the_function_that_leaked_them() {
-    if !bpftrace_ready("the dtrace tests") {
+    if !bpftrace_ready() {
         return;
     }
     let _serial = serial();
@@ -224,7 +224,7 @@ fn malloc_outstanding_finds_the_leaked_blocks_and_the_function_that_leaked_them(
 /// both in py_allocs.py, and under a tenth of that to small_objects. On 3.8-3.13 and Debian's 3.11.
 #[test]
 fn py_malloc_names_the_allocating_python_functions() {
-    if !bpftrace_ready("the dtrace tests") {
+    if !bpftrace_ready() {
         return;
     }
     let _serial = serial();
@@ -273,7 +273,7 @@ fn py_malloc_names_the_allocating_python_functions() {
 /// through its USDT probes (required); pyenv's 3.9-3.13 through the collection function.
 #[test]
 fn py_gc_sees_exactly_the_explicit_collections() {
-    if !bpftrace_ready("the dtrace tests") {
+    if !bpftrace_ready() {
         return;
     }
     let _serial = serial();

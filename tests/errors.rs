@@ -230,21 +230,6 @@ fn busy_python(python: &std::path::Path) -> std::process::Child {
     child
 }
 
-fn require(tool_name: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool_name}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found || !in_ci(),
-        "{tool_name} is missing (CI=true: a failure)"
-    );
-    if !found {
-        eprintln!("NOTE: {tool_name} is missing: this case was skipped");
-    }
-    found
-}
-
 #[test]
 fn a_pid_that_does_not_exist_exits_3_for_every_subcommand() {
     for sub in ON_A_PID {
@@ -342,7 +327,7 @@ fn as_nobody(binary: &std::path::Path) -> Command {
 
 #[test]
 fn another_users_process_exits_5_or_11_for_every_tool_that_reads_it() {
-    if !require("setpriv") {
+    if !require_tool("setpriv") {
         return;
     }
     let scratch = Scratch::new("perm-all");
@@ -396,7 +381,7 @@ fn python_2_7_exits_6_for_tracemalloc_and_mallocstats_without_touching_it() {
 
 #[test]
 fn an_already_traced_target_is_refused_by_the_helpers_and_left_running() {
-    if !require("gdb") {
+    if !require_tool("gdb") {
         return;
     }
     let mut target = busy_python(&any_python().path);
@@ -517,7 +502,7 @@ fn a_missing_output_directory_exits_7_and_leaves_nothing() {
 
 #[test]
 fn an_unwritable_output_directory_exits_7_and_leaves_nothing() {
-    if !require("setpriv") {
+    if !require_tool("setpriv") {
         return;
     }
     // Runs as nobody: a root-owned directory (0755) is not writable for it.

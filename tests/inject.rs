@@ -243,24 +243,10 @@ fn tracemalloc_finds_the_allocating_line_in_every_state() {
     );
 }
 
-/// gdb on PATH, or (outside CI) None with a note that the test is skipped.
-fn gdb_present() -> bool {
-    let found = Command::new("gdb")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(!in_ci(), "gdb is missing (CI installs it)");
-        eprintln!("skipping: gdb not found on PATH");
-    }
-    found
-}
-
 #[test]
 fn tracemalloc_through_gdb() {
     let _serial = serial();
-    if !gdb_present() {
+    if !require_tool("gdb") {
         return;
     }
     let line = line_of(FIXTURE, "kept.append(b\"k\"");

@@ -599,7 +599,7 @@ fn a_killed_target_ends_every_tool_within_a_second() {
     let _serial = serial();
     let mut verdicts = Verdicts::default();
     let pythons = interpreters();
-    let dtrace = bpftrace_ready("the dtrace cases");
+    let dtrace = bpftrace_ready();
     for python in &pythons {
         let label = &python.label;
         let scratch = Scratch::new("killed");
@@ -826,7 +826,7 @@ fn a_stopped_target_is_refused_or_warned_about_and_left_stopped() {
     let _serial = serial();
     use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
     let mut verdicts = Verdicts::default();
-    let dtrace = bpftrace_ready("the dtrace cases");
+    let dtrace = bpftrace_ready();
     let pythons = interpreters();
     for python in &pythons {
         let label = &python.label;
@@ -1004,7 +1004,7 @@ fn sigint_and_sigterm_end_every_tool_with_complete_outputs() {
     let _serial = serial();
     use nix::sys::signal::Signal::{self, SIGINT, SIGTERM};
     let mut verdicts = Verdicts::default();
-    let dtrace = bpftrace_ready("the dtrace cases");
+    let dtrace = bpftrace_ready();
     let pythons = interpreters();
     for (index, python) in pythons.iter().enumerate() {
         let label = &python.label;

@@ -49,21 +49,28 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
-/// True when bpftrace can run here (installed, and we are root); a missing bpftrace fails under
-/// CI. `what` names the cases that then do not run.
-pub fn bpftrace_ready(what: &str) -> bool {
-    let found = Command::new("bpftrace")
+/// True when the program `name` runs here (`name --version` succeeds). A missing one fails the
+/// test under CI=true (.ci/run installs every one); elsewhere the test says it skipped those cases.
+pub fn require_tool(name: &str) -> bool {
+    let found = Command::new(name)
         .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     assert!(
         found || !in_ci(),
-        "bpftrace is not installed (CI=true: a missing tracer is a failure)"
+        "{name} is missing (CI=true: a missing tool is a failure)"
     );
     if !found {
-        eprintln!("NOTE: bpftrace is not installed; {what} did not run");
+        eprintln!("NOTE: {name} is missing: the cases that need it did not run");
     }
-    found && nix::unistd::geteuid().is_root()
+    found
+}
+
+/// True when bpftrace can run here: installed (see `require_tool`) and we are root.
+pub fn bpftrace_ready() -> bool {
+    require_tool("bpftrace") && nix::unistd::geteuid().is_root()
 }
 
 /// Every supported interpreter on this machine: pyenv's 2.7 and 3.6-3.13, and Debian's python3.11.
