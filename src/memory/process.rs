@@ -391,6 +391,12 @@ pub fn command_of(pid: u32) -> Option<String> {
     Some(format!("[{}]", comm.trim_end()))
 }
 
+/// Whether `command_of` fell back to `[comm]`: a kernel thread, a zombie, or a process still
+/// inside exec(), whose command line reads empty for a moment.
+pub fn is_placeholder(command: &str) -> bool {
+    command.starts_with('[')
+}
+
 /// The arguments of a cmdline file joined by spaces, control characters blanked; None when it
 /// holds no argument.
 pub(crate) fn command_from_cmdline(raw: &[u8]) -> Option<String> {

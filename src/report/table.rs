@@ -138,8 +138,10 @@ pub fn write(
         let released: u64 = functions.iter().map(|f| f.self_totals.released).sum();
         let mut large: Vec<&FunctionSummary> = functions[top..]
             .iter()
-            .filter(|f| f.self_totals.released as f64 >= LARGE_RELEASE_SHARE * released as f64)
-            .filter(|f| f.self_totals.released > 0)
+            .filter(|f| {
+                f.self_totals.released > 0
+                    && f.self_totals.released as f64 >= LARGE_RELEASE_SHARE * released as f64
+            })
             .collect();
         large.sort_by_key(|f| std::cmp::Reverse(f.self_totals.released));
         large.truncate(LARGEST_RELEASES_SHOWN);

@@ -279,11 +279,10 @@ fn record(options: &ProcessOptions) -> Result<()> {
         .expect("validated: a pid or a command");
     // A child we just started can still be inside exec(): its command line then reads empty and
     // `[name]` stands in (the tool's own name, even). The header shows what we ran instead.
-    let command = match crate::memory::process::command_of(root) {
-        Some(read) if !(child.is_some() && read.starts_with('[')) => read,
-        _ if child.is_some() => options.command.join(" "),
-        _ => String::new(),
-    };
+    // (Without a child, `options.command` is empty.)
+    let command = crate::memory::process::command_of(root)
+        .filter(|read| child.is_none() || !crate::memory::process::is_placeholder(read))
+        .unwrap_or_else(|| options.command.join(" "));
     eprintln!(
         "pymemtrace: following PID {root} ({}) every {} s{}{}; {}Ctrl-C to stop",
         crate::report::collapsed::truncate(&command, 60),

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::memory::process::{
-    children_of, clock_ticks_per_second, command_of, ChildrenReader, ProcessFigures, ProcessReader,
-    ReadError,
+    children_of, clock_ticks_per_second, command_of, is_placeholder, ChildrenReader,
+    ProcessFigures, ProcessReader, ReadError,
 };
 
 use super::model::Tick;
@@ -214,7 +214,7 @@ pub fn run(
             // image changed, and now and then in case the kernel hides what tells.
             // (Mid-exec the command line reads empty and `[name]` stands in: try again soon.)
             let renamed = process.command_image != figures.stat.image();
-            let placeholder = process.command.starts_with('[') && process.readings < 20;
+            let placeholder = is_placeholder(&process.command) && process.readings < 20;
             if renamed || placeholder || process.readings.is_multiple_of(COMMAND_REREAD_EVERY) {
                 if let Some(command) = command_of(pid) {
                     process.command = command;
