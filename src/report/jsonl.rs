@@ -3,50 +3,50 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::report::atomic::{self, StreamedFile};
 use crate::timeline::run::TickObserver;
 use crate::timeline::Tick;
 
 /// Writes rows as they come; each tick is flushed, so a crash loses at most the tick being written.
 pub struct JsonlWriter {
     path: PathBuf,
-    file: BufWriter<File>,
+    file: BufWriter<StreamedFile>,
     rows: u64,
 }
 
 impl JsonlWriter {
-    /// Creates the file now, so that a bad path fails before the run starts. The file is written
-    /// in place (not renamed into place like the other outputs), so a symbolic link at `path` is
-    /// refused rather than followed: run as root into a shared directory, following a link that
-    /// another user planted would truncate a file of their choosing.
+    /// Opens the log now, so that a bad path fails before the run starts. A regular file is
+    /// written in place (not renamed into place like the other outputs) and a link at its name
+    /// is refused rather than followed; a device or FIFO is written into (see
+    /// [`crate::report::atomic`]).
     pub fn create(path: &Path) -> Result<JsonlWriter> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|err| {
-                let why = if err.raw_os_error() == Some(libc::ELOOP) {
-                    "it is a symbolic link, which this log is never written through; give the \
-                     path it points to"
-                        .to_string()
-                } else {
-                    err.to_string()
-                };
-                Error::new(
-                    ErrorKind::OutputNotWritable,
-                    format!("cannot write `{}`: {why}", path.display()),
-                )
-            })?;
+        let file = atomic::open_streamed(path).map_err(|err| {
+            let why = if err.raw_os_error() == Some(libc::ELOOP) {
+                "it is a symbolic link, which this log is never written through; give the \
+                 path it points to"
+                    .to_string()
+            } else {
+                err.to_string()
+            };
+            Error::new(
+                ErrorKind::OutputNotWritable,
+                format!("cannot write `{}`: {why}", path.display()),
+            )
+        })?;
         Ok(JsonlWriter {
             path: path.to_path_buf(),
             file: BufWriter::new(file),
             rows: 0,
         })
+    }
+
+    /// Whether the log is a regular file this run created or truncated (so that it may remove it
+    /// again when nothing was recorded); a device or FIFO is never removed.
+    pub fn is_regular_file(&self) -> bool {
+        self.file.get_ref().is_regular_file()
     }
 
     pub fn path(&self) -> &Path {

@@ -308,6 +308,7 @@ fn record(options: &ProcessOptions) -> Result<()> {
 
     let mut collector = Collector::new();
     let log_path = log.as_ref().map(|l| l.path().to_path_buf());
+    let log_is_regular_file = log.as_ref().is_some_and(JsonlWriter::is_regular_file);
     let mut fanout = Fanout {
         log,
         live: (!options.quiet).then(|| LiveTable::new(anstream::stdout())),
@@ -331,9 +332,9 @@ fn record(options: &ProcessOptions) -> Result<()> {
         // The program is ours: end it if the run stopped first, and reap it.
         crate::target::stop_child(child);
     }
-    if outcome.is_err() && log_rows == 0 {
+    if outcome.is_err() && log_rows == 0 && log_is_regular_file {
         if let Some(path) = &log_path {
-            // Nothing was recorded: leave no empty log behind.
+            // Nothing was recorded: leave no empty log behind (a device or FIFO is left alone).
             let _ = std::fs::remove_file(path);
         }
     }
