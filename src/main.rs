@@ -2,17 +2,16 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use pymemtrace::attribution::Profile;
 use pymemtrace::error::{Error, ErrorKind, Result};
 use pymemtrace::memory::{human_bytes, human_delta, page_size};
+use pymemtrace::options;
 use pymemtrace::report::atomic::{self, AtomicFile};
 use pymemtrace::report::cpymemtrace::LogWriter;
+use pymemtrace::report::terminal::{printable, PrintableWriter};
 use pymemtrace::report::{self, Format, Meta, Output, ReportOptions};
 use pymemtrace::sampler::{self, Change, ChargePolicy, Observer, Progress, Settings};
 use pymemtrace::target::{self, SpyOptions};
@@ -93,7 +92,7 @@ enum Command {
 #[derive(Args)]
 struct TracemallocArgs {
     /// PID of the running Python process (3.4 or later).
-    #[arg(short, long, value_name = "PID")]
+    #[arg(short, long, value_name = "PID", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true)]
     pid: i32,
 
     /// Seconds between the two snapshots (default: until Ctrl-C).
@@ -101,7 +100,12 @@ struct TracemallocArgs {
     duration: Option<f64>,
 
     /// Frames kept per allocation when this run starts tracemalloc.
-    #[arg(long, default_value_t = 1, value_name = "K")]
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_name = "K",
+        allow_negative_numbers = true
+    )]
     frames: u32,
 
     /// Group allocations by line, by file, or by whole traceback.
@@ -109,7 +113,12 @@ struct TracemallocArgs {
     granularity: pymemtrace::tracemalloc::Granularity,
 
     /// Rows in the table (and in the JSON).
-    #[arg(long, default_value_t = 20, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 20,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     top: usize,
 
     /// Write the whole result as JSON here.
@@ -117,7 +126,12 @@ struct TracemallocArgs {
     json: Option<PathBuf>,
 
     /// Seconds to wait for each helper to run (the main thread must reach Python code).
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    #[arg(
+        long,
+        default_value_t = 10.0,
+        value_name = "SECONDS",
+        allow_negative_numbers = true
+    )]
     timeout: f64,
     /// How the helper gets in: auto (a direct call when the main thread waits in a blocking call
     /// without the GIL, else a pending call), pending, direct, or gdb.
@@ -134,7 +148,7 @@ enum BackendArg {
 #[derive(Args)]
 struct DtraceArgs {
     /// PID of the process to trace (any process for malloc_count and malloc_outstanding).
-    #[arg(short, long, value_name = "PID")]
+    #[arg(short, long, value_name = "PID", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true)]
     pid: Option<i32>,
 
     /// The script to run (see --list).
@@ -170,14 +184,19 @@ struct DtraceArgs {
     print_script: bool,
 
     /// Rows per list in the table.
-    #[arg(long, default_value_t = 20, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 20,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     top: usize,
 }
 
 #[derive(Args)]
 struct MallocstatsArgs {
     /// PID of the running Python process (3.3 or later).
-    #[arg(short, long, value_name = "PID")]
+    #[arg(short, long, value_name = "PID", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true)]
     pid: i32,
 
     /// Seconds between the two captures (default: until Ctrl-C).
@@ -189,21 +208,17 @@ struct MallocstatsArgs {
     json: Option<PathBuf>,
 
     /// Seconds to wait for each helper to run (the main thread must reach Python code).
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    #[arg(
+        long,
+        default_value_t = 10.0,
+        value_name = "SECONDS",
+        allow_negative_numbers = true
+    )]
     timeout: f64,
     /// How the helper gets in: auto (a direct call when the main thread waits in a blocking call
     /// without the GIL, else a pending call), pending, direct, or gdb.
     #[arg(long, value_enum, default_value_t = pymemtrace::inject::Method::Auto)]
     method: pymemtrace::inject::Method,
-}
-
-fn positive_seconds(name: &str, value: Option<f64>) -> Result<()> {
-    match value {
-        Some(v) if !(v > 0.0 && v.is_finite()) => Err(Error::usage(format!(
-            "{name} must be a positive number of seconds, not {v}"
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// Checks a JSON output now, so that a bad path fails before the target is touched (nothing is
@@ -215,14 +230,6 @@ fn json_output(path: &Option<PathBuf>) -> Result<()> {
         }
         None => Ok(()),
     }
-}
-
-fn stop_flag() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
-        .map_err(|err| Error::internal(format!("cannot install the Ctrl-C handler: {err}")))?;
-    Ok(stop)
 }
 
 fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<()> {
@@ -237,13 +244,13 @@ fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<()> {
 }
 
 fn tracemalloc(args: TracemallocArgs) -> Result<()> {
-    positive_seconds("--duration", args.duration)?;
-    positive_seconds("--timeout", Some(args.timeout))?;
+    options::optional_seconds("--duration", args.duration)?;
+    options::seconds("--timeout", args.timeout, None)?;
     if args.frames == 0 || args.frames > 1000 {
         return Err(Error::usage("--frames must be between 1 and 1000"));
     }
     json_output(&args.json)?;
-    let stop = stop_flag()?;
+    let stop = pymemtrace::signals::stop_flag();
     let options = pymemtrace::tracemalloc::TracemallocOptions {
         pid: args.pid,
         duration: args.duration,
@@ -255,8 +262,10 @@ fn tracemalloc(args: TracemallocArgs) -> Result<()> {
     };
     let result = pymemtrace::tracemalloc::compare(&options, &stop)?;
     let command = pymemtrace::memory::process::command_of(args.pid as u32).unwrap_or_default();
-    let stdout = std::io::stdout();
-    pymemtrace::tracemalloc::write_table(&mut stdout.lock(), &result, &command)
+    // File names and the command line come from the target: shown only once printable.
+    let mut stdout = PrintableWriter::new(std::io::stdout().lock());
+    pymemtrace::tracemalloc::write_table(&mut stdout, &result, &printable(&command))
+        .and_then(|()| stdout.flush())
         .map_err(|err| Error::internal(format!("cannot write to stdout: {err}")))?;
     write_json(
         &args.json,
@@ -265,10 +274,10 @@ fn tracemalloc(args: TracemallocArgs) -> Result<()> {
 }
 
 fn mallocstats(args: MallocstatsArgs) -> Result<()> {
-    positive_seconds("--duration", args.duration)?;
-    positive_seconds("--timeout", Some(args.timeout))?;
+    options::optional_seconds("--duration", args.duration)?;
+    options::seconds("--timeout", args.timeout, None)?;
     json_output(&args.json)?;
-    let stop = stop_flag()?;
+    let stop = pymemtrace::signals::stop_flag();
     let captures = pymemtrace::mallocstats::command::compare(
         args.pid,
         args.duration,
@@ -277,15 +286,19 @@ fn mallocstats(args: MallocstatsArgs) -> Result<()> {
         &stop,
     )?;
     let command = pymemtrace::memory::process::command_of(args.pid as u32).unwrap_or_default();
-    println!(
-        "pymemtrace mallocstats: PID {} ({}), {:.1} s between captures",
+    // The figures are parsed from what the target printed: shown only once printable.
+    let mut stdout = PrintableWriter::new(std::io::stdout().lock());
+    writeln!(
+        stdout,
+        "pymemtrace mallocstats: PID {} ({}), {:.1} s between captures\n{}\n\n{}",
         args.pid,
-        pymemtrace::report::collapsed::truncate(&command, 60),
-        captures.seconds
-    );
-    println!("{}", pymemtrace::mallocstats::summary(&captures.diff));
-    println!();
-    print!("{}", pymemtrace::mallocstats::render_diff(&captures.diff));
+        pymemtrace::report::collapsed::truncate(&printable(&command), 60),
+        captures.seconds,
+        pymemtrace::mallocstats::summary(&captures.diff),
+        pymemtrace::mallocstats::render_diff(&captures.diff)
+    )
+    .and_then(|()| stdout.flush())
+    .map_err(|err| Error::internal(format!("cannot write to stdout: {err}")))?;
     write_json(
         &args.json,
         &serde_json::json!({
@@ -304,11 +317,16 @@ fn mallocstats(args: MallocstatsArgs) -> Result<()> {
 #[derive(Args)]
 struct PingArgs {
     /// PID of the Python process.
-    #[arg(short, long, value_name = "PID")]
+    #[arg(short, long, value_name = "PID", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true)]
     pid: i32,
 
     /// Seconds to wait for the reply.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    #[arg(
+        long,
+        default_value_t = 10.0,
+        value_name = "SECONDS",
+        allow_negative_numbers = true
+    )]
     timeout: f64,
     /// How the helper gets in: auto (a direct call when the main thread waits in a blocking call
     /// without the GIL, else a pending call), pending, direct, or gdb.
@@ -317,13 +335,8 @@ struct PingArgs {
 }
 
 fn ping(args: PingArgs) -> Result<()> {
-    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        return Err(Error::usage(
-            "--timeout must be a positive number of seconds",
-        ));
-    }
     let options = pymemtrace::inject::Options {
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout: options::seconds("--timeout", args.timeout, None)?,
         method: args.method,
         ..Default::default()
     };
@@ -345,7 +358,7 @@ fn ping(args: PingArgs) -> Result<()> {
 #[derive(Args)]
 struct ProcessArgs {
     /// PID of the process to follow (any program).
-    #[arg(short, long, value_name = "PID", conflicts_with_all = ["command", "input"])]
+    #[arg(short, long, value_name = "PID", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true, conflicts_with_all = ["command", "input"])]
     pid: Option<i32>,
 
     /// Seconds between ticks.
@@ -418,7 +431,7 @@ enum ChargeArg {
 #[derive(Args)]
 struct AttachArgs {
     /// PID of the running Python process to sample.
-    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
+    #[arg(short, long, value_name = "PID", value_parser = clap::value_parser!(i32).range(1..), allow_negative_numbers = true, conflicts_with = "command")]
     pid: Option<i32>,
 
     /// Stop after this many seconds (default: until Ctrl-C or the target exits).
@@ -464,11 +477,16 @@ struct AttachArgs {
     released: bool,
 
     /// The .log gets a row when RSS moved at least this many bytes since the last row (default: page size).
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
     trigger: Option<u64>,
 
     /// Rows in the summary table.
-    #[arg(long, default_value_t = 20, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 20,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     top: usize,
 
     /// Never show the live status line (it is shown only when stderr is a terminal).
@@ -490,7 +508,12 @@ struct AttachArgs {
     precise_engine: EngineArg,
 
     /// With --precise: innermost frames kept per stack (the rest folded).
-    #[arg(long, default_value_t = 32, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 32,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     depth: u32,
 
     /// The command to start and follow (instead of --pid); sampling begins once its interpreter can be read.
@@ -557,27 +580,17 @@ fn validate(args: &AttachArgs) -> Result<()> {
             "give --pid PID to attach to a running process, or `-- COMMAND ARGS...` to start one",
         ));
     }
-    if !(args.rate > 0.0 && args.rate.is_finite()) {
-        return Err(Error::usage(format!(
-            "--rate must be a positive number of reads per second, not {}",
-            args.rate
-        )));
-    }
+    options::rate("--rate", args.rate)?;
     if let Some(max) = args.max_rate {
-        if !(max > 0.0 && max.is_finite()) || max < args.rate {
+        options::rate("--max-rate", max)?;
+        if max < args.rate {
             return Err(Error::usage(format!(
-                "--max-rate must be a positive number at least --rate ({}), not {max}",
+                "--max-rate must be at least --rate ({}), not {max}",
                 args.rate
             )));
         }
     }
-    if let Some(duration) = args.duration {
-        if !(duration > 0.0 && duration.is_finite()) {
-            return Err(Error::usage(format!(
-                "--duration must be a positive number of seconds, not {duration}"
-            )));
-        }
-    }
+    options::optional_seconds("--duration", args.duration)?;
     Ok(())
 }
 
@@ -610,12 +623,7 @@ fn engine(arg: EngineArg) -> pymemtrace::precise::Engine {
 }
 
 fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-            .map_err(|err| Error::internal(format!("cannot install the Ctrl-C handler: {err}")))?;
-    }
+    let stop = pymemtrace::signals::stop_flag();
 
     let spy_options = SpyOptions {
         blocking: args.blocking,
@@ -641,7 +649,7 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
     eprintln!(
         "pymemtrace: sampling PID {} ({}, Python {}){}; Ctrl-C to stop and report",
         meta.pid,
-        report::collapsed::truncate(&meta.command_line, 60),
+        report::collapsed::truncate(&printable(&meta.command_line), 60),
         meta.python_version,
         args.duration
             .map(|d| format!(" for {d} s"))
@@ -654,7 +662,7 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
     let settings = Settings {
         rate: args.rate,
         max_rate: args.max_rate,
-        duration: args.duration.map(Duration::from_secs_f64),
+        duration: options::optional_seconds("--duration", args.duration)?,
         threads: args.threads,
         idle: args.idle,
         policy: match args.charge {
@@ -766,7 +774,23 @@ fn one_line_usage_error(err: &clap::Error) -> String {
     format!("{first} (see `pymemtrace --help`)")
 }
 
+/// Blocks the stop signals before any code of the tool runs: an ELF constructor runs before
+/// Rust's runtime and `main`. `main` installs their handler first thing, then unblocks them, so
+/// that a Ctrl-C in the first milliseconds is handled, not fatal half-way (see signals.rs).
+#[used]
+#[link_section = ".init_array"]
+static BLOCK_STOP_SIGNALS_AT_START: extern "C" fn() = block_stop_signals_at_start;
+
+extern "C" fn block_stop_signals_at_start() {
+    pymemtrace::signals::block_stop_signals();
+}
+
 fn main() {
+    // Before anything else: from here on SIGINT, SIGTERM and SIGHUP ask for a stop and a report.
+    if let Err(err) = pymemtrace::signals::install_stop_handler() {
+        eprintln!("pymemtrace: error: {err}");
+        std::process::exit(err.kind.exit_code());
+    }
     // Whatever happens, the user gets one line, never a backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!(
@@ -825,7 +849,8 @@ fn main() {
     let code = match outcome {
         Ok(Ok(())) => 0,
         Ok(Err(err)) => {
-            eprintln!("pymemtrace: error: {err}");
+            // A message can quote the target's paths or names.
+            eprintln!("pymemtrace: error: {}", printable(&err.message));
             err.kind.exit_code()
         }
         Err(_) => ErrorKind::Internal.exit_code(),

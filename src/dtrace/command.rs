@@ -2,8 +2,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::report::atomic;
@@ -30,13 +28,7 @@ fn stdout_error(err: std::io::Error) -> Error {
 }
 
 pub fn run_command(options: CommandOptions) -> Result<()> {
-    if let Some(d) = options.duration {
-        if !(d > 0.0 && d.is_finite()) {
-            return Err(Error::usage(format!(
-                "--duration must be a positive number of seconds, not {d}"
-            )));
-        }
-    }
+    crate::options::optional_seconds("--duration", options.duration)?;
     let defines = parse_defines(&options.defines)?;
     let stdout = std::io::stdout();
     if options.list {
@@ -90,18 +82,14 @@ pub fn run_command(options: CommandOptions) -> Result<()> {
     if let Some(path) = &options.json {
         atomic::check_writable(path).map_err(|err| atomic::not_writable(path, true, err))?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-            .map_err(|err| Error::internal(format!("cannot install the Ctrl-C handler: {err}")))?;
-    }
+    let stop = crate::signals::stop_flag();
     if let Some(warning) = crate::target::stopped_warning(pid) {
         eprintln!("{warning}");
     }
     let report = run(&prepared, &run_options, &stop)?;
     if !options.raw {
-        let mut out = stdout.lock();
+        // Function, file and symbol names come from the target: shown only once printable.
+        let mut out = crate::report::terminal::PrintableWriter::new(stdout.lock());
         super::report::write_table(&mut out, &report, options.top)
             .and_then(|_| out.flush())
             .map_err(stdout_error)?;

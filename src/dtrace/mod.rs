@@ -438,7 +438,8 @@ pub fn trace(
             Ok(Line::Out(line)) => {
                 if request.raw {
                     let mut out = stdout_handle.lock();
-                    let _ = writeln!(out, "{line}");
+                    // The tracer prints names the target chose: shown only once printable.
+                    let _ = writeln!(out, "{}", crate::report::terminal::printable(&line));
                     let _ = out.flush();
                 }
                 if started_at.is_none() && line.starts_with("PMT start") {

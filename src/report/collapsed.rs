@@ -51,7 +51,7 @@ pub fn write_flamegraph(
         "pymemtrace: memory {} by PID {} ({}, Python {})",
         if released { "released" } else { "growth" },
         meta.pid,
-        truncate(&meta.command_line, 60),
+        truncate(&super::terminal::printable(&meta.command_line), 60),
         meta.python_version
     );
     options.count_name = "bytes".to_string();

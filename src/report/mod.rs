@@ -10,6 +10,7 @@ pub mod plot;
 pub mod process_table;
 pub mod speedscope;
 pub mod table;
+pub mod terminal;
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,7 @@
 //! The `process` tool's terminal output: the live table (a row per process per tick, changes
 //! coloured) and the summary printed at the end.
 
+use crate::report::terminal::printable;
 use std::io::{self, Write};
 
 use anstyle::{AnsiColor, Style};
@@ -78,7 +79,7 @@ impl<W: Write> LiveTable<W> {
             };
             let indent = "  ".repeat(row.depth as usize);
             let command = crate::report::collapsed::truncate(
-                &row.command,
+                &printable(&row.command),
                 self.command_width.saturating_sub(indent.len()),
             );
             writeln!(
@@ -199,7 +200,7 @@ pub fn write_summary(
         out,
         "pymemtrace process: PID {} ({}), {}",
         root.pid,
-        crate::report::collapsed::truncate(&root.command, 70),
+        crate::report::collapsed::truncate(&printable(&root.command), 70),
         run.how
     )?;
     writeln!(out, "RSS: {}", rss_line(&root.rss, Some(root.peak_rss)))?;
@@ -246,7 +247,7 @@ pub fn write_summary(
                 human_bytes(process.rss.max as i64),
                 process.cpu_seconds(),
                 "  ".repeat(process.depth as usize),
-                crate::report::collapsed::truncate(&process.command, 50),
+                crate::report::collapsed::truncate(&printable(&process.command), 50),
             )?;
         }
     }

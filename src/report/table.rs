@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use crate::attribution::FunctionSummary;
 use crate::memory::{human_bytes, human_delta};
 use crate::report::collapsed::truncate;
+use crate::report::terminal::printable;
 use crate::report::Meta;
 use crate::sampler::Recording;
 
@@ -43,7 +44,7 @@ pub fn write(
         out,
         "pymemtrace attach: PID {} ({}), Python {}",
         meta.pid,
-        truncate(&meta.command_line, 70),
+        truncate(&printable(&meta.command_line), 70),
         meta.python_version
     )?;
     if let Some(mode) = &meta.mode {

@@ -22,6 +22,7 @@ use crate::attribution::{
 };
 use crate::error::{Error, Result};
 use crate::memory::{RssError, RssReader, ThreadFaults};
+use crate::report::terminal::printable;
 use crate::target::Target;
 
 /// Which stack read an RSS change is charged to.
@@ -192,19 +193,10 @@ impl Recording {
     }
 }
 
-/// Replaces control characters in a name read from the target. A nonblocking read can race a
-/// frame being torn down and return garbage, and a NUL byte would make the SVG invalid XML.
-fn printable(text: String) -> String {
-    if text.chars().any(char::is_control) {
-        text.chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect()
-    } else {
-        text
-    }
-}
-
-/// Turns one stack read into interned thread samples.
+/// Turns one stack read into interned thread samples. Names are made printable here, for every
+/// output: the target chooses them (escape sequences for the user's terminal), a nonblocking read
+/// can race a frame being torn down and return garbage, and a NUL byte would make the SVG invalid
+/// XML.
 fn intern_traces(
     profile: &mut Profile,
     traces: Vec<StackTrace>,
@@ -216,16 +208,22 @@ fn intern_traces(
             let mut ids: Vec<FrameId> = Vec::with_capacity(trace.frames.len() + 1);
             if threads {
                 let tid = trace.os_thread_id.unwrap_or(trace.thread_id);
-                let name = trace.thread_name.clone().map(printable);
+                let name = trace
+                    .thread_name
+                    .as_deref()
+                    .map(|n| printable(n).into_owned());
                 ids.push(profile.thread_root(tid, name.as_deref()));
             }
             // py-spy lists frames innermost first; the profile keeps them outermost first.
             for frame in trace.frames.into_iter().rev() {
-                ids.push(profile.intern_frame(Frame {
-                    function: printable(frame.name),
-                    file: printable(frame.short_filename.unwrap_or(frame.filename)),
-                    line: frame.line,
-                }));
+                ids.push(
+                    profile.intern_frame(Frame {
+                        function: printable(&frame.name).into_owned(),
+                        file: printable(frame.short_filename.as_deref().unwrap_or(&frame.filename))
+                            .into_owned(),
+                        line: frame.line,
+                    }),
+                );
             }
             ThreadSample {
                 stack: profile.intern_stack(ids),
@@ -601,13 +599,4 @@ pub fn run(
     rec.elapsed = start.elapsed();
     rec.profile = profile;
     Ok(rec)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn names_with_control_characters_are_made_printable() {
-        assert_eq!(super::printable("ok_name".into()), "ok_name");
-        assert_eq!(super::printable("bad\0na\x07me".into()), "bad?na?me");
-    }
 }

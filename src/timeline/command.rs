@@ -4,10 +4,7 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::Arc;
-use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::report::jsonl::{self, JsonlWriter};
@@ -49,19 +46,8 @@ fn validate(options: &ProcessOptions) -> Result<()> {
              --input FILE.jsonl (an earlier log)",
         ));
     }
-    if !(options.interval.is_finite() && options.interval >= MIN_INTERVAL) {
-        return Err(Error::usage(format!(
-            "--interval must be a number of seconds, at least {MIN_INTERVAL}, not {}",
-            options.interval
-        )));
-    }
-    if let Some(duration) = options.duration {
-        if !(duration > 0.0 && duration.is_finite()) {
-            return Err(Error::usage(format!(
-                "--duration must be a positive number of seconds, not {duration}"
-            )));
-        }
-    }
+    crate::options::seconds("--interval", options.interval, Some(MIN_INTERVAL))?;
+    crate::options::optional_seconds("--duration", options.duration)?;
     for path in &options.plots {
         if plot::plot_kind(path).is_none() {
             return Err(Error::usage(format!(
@@ -234,20 +220,15 @@ fn write_pictures(options: &ProcessOptions, collector: &Collector) -> Result<()>
 
 fn record(options: &ProcessOptions) -> Result<()> {
     let settings = Settings {
-        interval: Duration::from_secs_f64(options.interval),
-        duration: options.duration.map(Duration::from_secs_f64),
+        interval: crate::options::seconds("--interval", options.interval, Some(MIN_INTERVAL))?,
+        duration: crate::options::optional_seconds("--duration", options.duration)?,
         children: options.children,
         smaps: options.smaps,
     };
     if let Some(pid) = options.pid {
         run::check_target(pid, options.smaps)?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-            .map_err(|err| Error::internal(format!("cannot install the Ctrl-C handler: {err}")))?;
-    }
+    let stop = crate::signals::stop_flag();
     let labels = if options.no_labels {
         None
     } else {
@@ -285,7 +266,7 @@ fn record(options: &ProcessOptions) -> Result<()> {
         .unwrap_or_else(|| options.command.join(" "));
     eprintln!(
         "pymemtrace: following PID {root} ({}) every {} s{}{}; {}Ctrl-C to stop",
-        crate::report::collapsed::truncate(&command, 60),
+        crate::report::collapsed::truncate(&crate::report::terminal::printable(&command), 60),
         options.interval,
         if options.children {
             " with its children"
