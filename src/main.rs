@@ -96,7 +96,7 @@ struct TracemallocArgs {
     pid: i32,
 
     /// Seconds between the two snapshots (default: until Ctrl-C).
-    #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(short, long, value_name = "SECONDS", allow_hyphen_values = true)]
     duration: Option<f64>,
 
     /// Frames kept per allocation when this run starts tracemalloc.
@@ -130,7 +130,7 @@ struct TracemallocArgs {
         long,
         default_value_t = 10.0,
         value_name = "SECONDS",
-        allow_negative_numbers = true
+        allow_hyphen_values = true
     )]
     timeout: f64,
     /// How the helper gets in: auto (a direct call when the main thread waits in a blocking call
@@ -160,7 +160,7 @@ struct DtraceArgs {
     list: bool,
 
     /// Seconds to trace (default: until Ctrl-C or the target's exit).
-    #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(short, long, value_name = "SECONDS", allow_hyphen_values = true)]
     duration: Option<f64>,
 
     /// Script option, e.g. -D per_thread or -D min_age_ms=500 (see --list).
@@ -200,7 +200,7 @@ struct MallocstatsArgs {
     pid: i32,
 
     /// Seconds between the two captures (default: until Ctrl-C).
-    #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(short, long, value_name = "SECONDS", allow_hyphen_values = true)]
     duration: Option<f64>,
 
     /// Write both captures and the comparison as JSON here.
@@ -212,7 +212,7 @@ struct MallocstatsArgs {
         long,
         default_value_t = 10.0,
         value_name = "SECONDS",
-        allow_negative_numbers = true
+        allow_hyphen_values = true
     )]
     timeout: f64,
     /// How the helper gets in: auto (a direct call when the main thread waits in a blocking call
@@ -325,7 +325,7 @@ struct PingArgs {
         long,
         default_value_t = 10.0,
         value_name = "SECONDS",
-        allow_negative_numbers = true
+        allow_hyphen_values = true
     )]
     timeout: f64,
     /// How the helper gets in: auto (a direct call when the main thread waits in a blocking call
@@ -367,12 +367,12 @@ struct ProcessArgs {
         long,
         default_value_t = 1.0,
         value_name = "SECONDS",
-        allow_negative_numbers = true
+        allow_hyphen_values = true
     )]
     interval: f64,
 
     /// Stop after this many seconds (default: until Ctrl-C or the process exits).
-    #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(short, long, value_name = "SECONDS", allow_hyphen_values = true)]
     duration: Option<f64>,
 
     /// Stream the log here, one JSON object per process per tick (flushed every tick).
@@ -435,7 +435,7 @@ struct AttachArgs {
     pid: Option<i32>,
 
     /// Stop after this many seconds (default: until Ctrl-C or the target exits).
-    #[arg(short, long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(short, long, value_name = "SECONDS", allow_hyphen_values = true)]
     duration: Option<f64>,
 
     /// Write a report here; the format comes from the extension (repeat for several).
@@ -451,13 +451,13 @@ struct AttachArgs {
         long,
         default_value_t = 100.0,
         value_name = "HZ",
-        allow_negative_numbers = true
+        allow_hyphen_values = true
     )]
     rate: f64,
 
     /// Upper bound on stack reads per second (default: as fast as they go). Lowers the cost on a
     /// target whose memory moves all the time, but short bursts then go to whatever runs next.
-    #[arg(long, value_name = "HZ", allow_negative_numbers = true)]
+    #[arg(long, value_name = "HZ", allow_hyphen_values = true)]
     max_rate: Option<f64>,
 
     /// Pause the target during each stack read: exact stacks, at a cost to the target.
@@ -591,6 +591,14 @@ fn validate(args: &AttachArgs) -> Result<()> {
         }
     }
     options::optional_seconds("--duration", args.duration)?;
+    let max_depth = pymemtrace::precise::MAX_DEPTH;
+    if args.precise && !(1..=max_depth).contains(&args.depth) {
+        // Checked here too, so that it fails before the target is looked at.
+        return Err(Error::usage(format!(
+            "--depth must be between 1 and {max_depth} with --precise, not {}",
+            args.depth
+        )));
+    }
     Ok(())
 }
 
