@@ -694,8 +694,16 @@ fn planted_links_and_fifos_and_block_devices_are_refused_by_every_writer() {
         // the node is gone, which is what is checked.
         make_node(&disk, libc::S_IFBLK, 7, 250);
         for (what, path, says) in [
-            ("a link another user planted", &planted_link, "may have been planted there"),
-            ("a FIFO another user planted", &planted_fifo, "may have been planted there"),
+            (
+                "a link another user planted",
+                &planted_link,
+                "may have been planted there",
+            ),
+            (
+                "a FIFO another user planted",
+                &planted_fifo,
+                "may have been planted there",
+            ),
             (
                 "a link to a regular file",
                 &link_to_file,
@@ -735,7 +743,53 @@ fn planted_links_and_fifos_and_block_devices_are_refused_by_every_writer() {
             record(&mut failures, &format!("{writer} at {what}"), verdict);
         }
     }
-    assert!(cases >= 28, "only {cases} cases ran");
+    // The streamed log (process -o) is written in place, so an existing regular file is
+    // truncated: never one another user left in the shared directory (they would read root's
+    // log), nor a hard link to a file of root's.
+    let planted_file = shared.join("planted.jsonl");
+    fs::write(&planted_file, "nobody's").unwrap();
+    fs::set_permissions(&planted_file, fs::Permissions::from_mode(0o666)).unwrap();
+    give_to(&planted_file, NOBODY);
+    let hard_link = own.join("hardlink.jsonl");
+    fs::hard_link(&victim, &hard_link).unwrap();
+    for (what, path, says, content) in [
+        (
+            "a file another user planted",
+            &planted_file,
+            "may have been planted there",
+            "nobody's",
+        ),
+        (
+            "a hard link to root's file",
+            &hard_link,
+            "other hard links",
+            "root's own",
+        ),
+    ] {
+        cases += 1;
+        let (status, _, stderr, _) = run(
+            tool().args([
+                "process",
+                "--pid",
+                &pid,
+                "--duration",
+                "1",
+                "-q",
+                "--no-labels",
+                "-o",
+                &path.display().to_string(),
+            ]),
+            Duration::from_secs(60),
+        );
+        let now = fs::read_to_string(path).unwrap_or_default();
+        let verdict = if status.code() == Some(7) && stderr.contains(says) && now == content {
+            Ok("refused, not truncated".to_string())
+        } else {
+            Err(format!("{status}: {stderr}; the file now holds {now:?}"))
+        };
+        record(&mut failures, &format!("process -o at {what}"), verdict);
+    }
+    assert!(cases >= 30, "only {cases} cases ran");
     assert!(
         bpftrace_ready() || !in_ci(),
         "dtrace could not run (CI=true)"
@@ -856,7 +910,7 @@ fn early_sigint_and_sigterm_end_as_documented_and_leave_no_temporary() {
     for (tool_name, rounds) in [("process", 4), ("attach", 2)] {
         for round in 0..rounds {
             for delay in delays_ms {
-                let signal = if (round + delay as usize) % 2 == 0 {
+                let signal = if (round + delay as usize).is_multiple_of(2) {
                     libc::SIGINT
                 } else {
                     libc::SIGTERM

@@ -329,19 +329,34 @@ impl Write for StreamedFile {
 pub fn open_streamed(target: &Path) -> io::Result<StreamedFile> {
     match destination(target)? {
         Destination::Replace => {
-            // O_NONBLOCK so that a FIFO swapped in since the check cannot block the open.
+            // O_NONBLOCK so that a FIFO swapped in since the check cannot block the open; not
+            // O_TRUNC, so that what was opened is checked before anything of it is lost.
             let file = OpenOptions::new()
                 .write(true)
                 .create(true)
-                .truncate(true)
+                .truncate(false)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
                 .open(target)?;
-            if !file.metadata()?.is_file() {
+            let opened = file.metadata()?;
+            if !opened.is_file() {
                 return Err(refused(
                     io::ErrorKind::Other,
                     "it was replaced while being opened: not written",
                 ));
             }
+            // Written in place, an existing file is truncated: never one that is also another
+            // name of a file elsewhere (a hard link another user made to a file of root's, where
+            // fs.protected_hardlinks is off), nor one another user left in a shared directory
+            // (the kernel's fs.protected_regular rule).
+            if opened.nlink() > 1 {
+                return Err(refused(
+                    io::ErrorKind::PermissionDenied,
+                    "it has other hard links (it may be a file from elsewhere under a second \
+                     name), so it is not truncated: remove it, or choose another path",
+                ));
+            }
+            refuse_if_planted(target, &opened)?;
+            file.set_len(0)?;
             Ok(StreamedFile::Regular(file))
         }
         Destination::WriteInto(special) => {
@@ -739,6 +754,26 @@ mod tests {
             .filter(|name| name.starts_with(".null.tmp-"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// The streamed log truncates an existing file in place: never one with another name
+    /// elsewhere (a hard link to a file of root's).
+    #[test]
+    fn a_streamed_log_never_truncates_a_file_with_other_links() {
+        let dir = scratch("hardlink");
+        let victim = dir.join("victim");
+        fs::write(&victim, "root's own").unwrap();
+        let log = dir.join("run.jsonl");
+        fs::hard_link(&victim, &log).unwrap();
+        let err = open_streamed(&log).unwrap_err();
+        assert!(err.to_string().contains("hard links"), "{err}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "root's own");
+        fs::remove_file(&log).unwrap();
+        fs::write(&log, "an earlier log").unwrap();
+        let mut streamed = open_streamed(&log).unwrap();
+        streamed.write_all(b"row\n").unwrap();
+        assert_eq!(fs::read_to_string(&log).unwrap(), "row\n");
+        fs::remove_dir_all(dir).unwrap();
     }
 
     /// A link to a regular file is neither replaced nor written through; a link of ours to a

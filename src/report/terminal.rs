@@ -130,7 +130,8 @@ mod tests {
     #[test]
     fn the_writer_keeps_its_own_lines_and_masks_the_rest_even_split_across_writes() {
         let mut out = PrintableWriter::new(Vec::new());
-        write!(out, "row\t{}\n", "\x1b]0;pwned\x07").unwrap();
+        let name = "\x1b]0;pwned\x07";
+        writeln!(out, "row\t{name}").unwrap();
         let e_acute = "é".as_bytes();
         out.write_all(&e_acute[..1]).unwrap();
         out.write_all(&e_acute[1..]).unwrap();
