@@ -73,8 +73,36 @@ fn as_nobody(program: &str) -> Command {
     command
 }
 
+/// A target the test started: killed and reaped when dropped, even by a failing assertion.
+struct Target(Child);
+
+impl Target {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.0.try_wait()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `command` (a Python running ALLOCATOR) and waits for its `ready` line.
-fn start_target(mut command: Command) -> Child {
+fn start_target(mut command: Command) -> Target {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -86,7 +114,7 @@ fn start_target(mut command: Command) -> Child {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "ready", "the target did not start");
-    child
+    Target(child)
 }
 
 /// The tool running in the background, its stderr lines collected as they come.
@@ -137,7 +165,11 @@ impl Running {
     }
 
     fn said(&self, needle: &str) -> bool {
-        self.lines.lock().unwrap().iter().any(|l| l.contains(needle))
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
     }
 
     /// Waits until stderr has a line containing `needle`.
@@ -257,7 +289,7 @@ const MARKER: &str = "INJECTED-CODE-RAN";
 /// code. Returns the target, the secret only root may read, and a flag set when the injected code
 /// opened a FIFO (its one side effect visible from outside the tracer).
 struct HostileLibrary {
-    target: Child,
+    target: Target,
     secret: String,
     code_ran: Arc<AtomicBool>,
     fifo: PathBuf,
@@ -318,11 +350,7 @@ impl HostileLibrary {
         }
 
         let mut command = as_nobody("env");
-        command.args([
-            &format!("LD_LIBRARY_PATH={s}/lib"),
-            DEBIAN_PYTHON,
-            &script,
-        ]);
+        command.args([&format!("LD_LIBRARY_PATH={s}/lib"), DEBIAN_PYTHON, &script]);
         let target = start_target(command);
         let hostile_libc = format!("{code_dir}/libc.so.6");
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", target.id())).unwrap();
@@ -408,11 +436,21 @@ fn a_library_path_made_of_tracer_code_runs_nothing() {
     assert!(mallocs > 0, "dtrace traced no malloc: {report}");
     // The script named the library the tool's way, never the target's.
     let printed = tool()
-        .args(["dtrace", "--pid", &pid, "--script", "malloc_count", "--print-script"])
+        .args([
+            "dtrace",
+            "--pid",
+            &pid,
+            "--script",
+            "malloc_count",
+            "--print-script",
+        ])
         .output()
         .unwrap();
     let script = String::from_utf8_lossy(&printed.stdout);
-    assert!(script.contains(&format!("uprobe:/proc/{pid}/map_files/")), "{script}");
+    assert!(
+        script.contains(&format!("uprobe:/proc/{pid}/map_files/")),
+        "{script}"
+    );
     assert!(!script.contains(&attack.hostile_libc), "{script}");
 
     // attach --precise: its release probes are on the same library.
@@ -468,6 +506,25 @@ fn next_pids(count: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Removes what `nobody` planted for these PIDs (only entries of nobody's), even after a failure.
+struct Planted(Vec<u32>);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        for &p in &self.0 {
+            for planted in [
+                old_script_name(p, "malloc_count"),
+                old_script_name(p, "precise"),
+            ] {
+                if planted.symlink_metadata().is_ok_and(|m| m.uid() == 65534) {
+                    let _ = std::fs::remove_file(&planted);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn links_and_fifos_planted_in_tmp_are_left_alone() {
     let _serial = serial();
@@ -500,12 +557,7 @@ fn links_and_fifos_planted_in_tmp_are_left_alone() {
         .status()
         .unwrap();
     assert!(status.success());
-    let ours = |path: &Path| {
-        path.symlink_metadata().is_ok_and(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.uid() == 65534
-        })
-    };
+    let _remove = Planted(pids.clone());
 
     let mut tool_pids = Vec::new();
     let run = Running::start(&[
@@ -543,11 +595,6 @@ fn links_and_fifos_planted_in_tmp_are_left_alone() {
         intact &= fifo
             .symlink_metadata()
             .is_ok_and(|m| m.file_type().is_fifo());
-        for planted in [link, fifo] {
-            if ours(&planted) {
-                let _ = std::fs::remove_file(&planted);
-            }
-        }
     }
     let _ = target.kill();
     let _ = target.wait();
@@ -585,7 +632,11 @@ fn sigkill_and_check(run: Running, what: &str) {
     while children.iter().any(still_running) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let survivors: Vec<Process> = children.iter().filter(|p| still_running(p)).cloned().collect();
+    let survivors: Vec<Process> = children
+        .iter()
+        .filter(|p| still_running(p))
+        .cloned()
+        .collect();
     kill_leftovers(&survivors);
     assert!(
         survivors.is_empty(),
@@ -669,10 +720,16 @@ fn kill_target_and_time(args: &[&str], wait_for_tracing: bool, expect: Option<i3
         // Killed while the tracer compiles and attaches (seconds on this machine): wait for the
         // tracer to exist, so that the tool is past its own start.
         while !children_of(run.pid()).iter().any(|c| c.name == "bpftrace") {
-            assert!(run.started.elapsed() < Duration::from_secs(30), "{what}: no tracer");
+            assert!(
+                run.started.elapsed() < Duration::from_secs(30),
+                "{what}: no tracer"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(!run.said("tracing PID"), "{what}: the tracer started too fast to test this");
+        assert!(
+            !run.said("tracing PID"),
+            "{what}: the tracer started too fast to test this"
+        );
     }
     let tracers = children_of(run.pid());
     target.kill().unwrap();
@@ -687,7 +744,10 @@ fn kill_target_and_time(args: &[&str], wait_for_tracing: bool, expect: Option<i3
         "{what}: ended {took:?} after the target was killed (allowed {END_AFTER_TARGET_DEATH:?}): {stderr}"
     );
     assert_eq!(status.code(), expect, "{what}: {stderr}");
-    assert!(stderr.contains(&format!("PID {pid} exited")), "{what}: {stderr}");
+    assert!(
+        stderr.contains(&format!("PID {pid} exited")),
+        "{what}: {stderr}"
+    );
     eprintln!("{what}: ended {took:?} after the target was killed");
 }
 
@@ -709,9 +769,19 @@ fn a_killed_target_ends_the_tracers_within_the_deadline() {
     let dtrace = ["dtrace", "--script", "malloc_count", "--pid", "{pid}"];
     // Before the probes are attached nothing was traced: exit 3, "exited before the probes were
     // attached". Once tracing: exit 0 and the report up to the exit.
-    kill_target_and_time(&precise, false, Some(3), "attach --precise, killed while it starts");
+    kill_target_and_time(
+        &precise,
+        false,
+        Some(3),
+        "attach --precise, killed while it starts",
+    );
     kill_target_and_time(&dtrace, false, Some(3), "dtrace, killed while it starts");
-    kill_target_and_time(&precise, true, Some(0), "attach --precise, killed while tracing");
+    kill_target_and_time(
+        &precise,
+        true,
+        Some(0),
+        "attach --precise, killed while tracing",
+    );
     kill_target_and_time(&dtrace, true, Some(0), "dtrace, killed while tracing");
 }
 
@@ -733,7 +803,15 @@ fn ctrl_c_while_the_tracer_starts_ends_with_exit_0_and_every_output() {
     let cases: [(&str, Vec<&str>, &str); 2] = [
         (
             "dtrace",
-            vec!["dtrace", "--pid", &pid, "--script", "malloc_count", "--json", &dtrace_json],
+            vec![
+                "dtrace",
+                "--pid",
+                &pid,
+                "--script",
+                "malloc_count",
+                "--json",
+                &dtrace_json,
+            ],
             &dtrace_json,
         ),
         (
@@ -756,11 +834,17 @@ fn ctrl_c_while_the_tracer_starts_ends_with_exit_0_and_every_output() {
         let run = Running::start(&args);
         // Once bpftrace exists the tool's Ctrl-C handler is in place; it is still compiling.
         while !children_of(run.pid()).iter().any(|c| c.name == "bpftrace") {
-            assert!(run.started.elapsed() < Duration::from_secs(30), "{what}: no tracer");
+            assert!(
+                run.started.elapsed() < Duration::from_secs(30),
+                "{what}: no tracer"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let tracers = children_of(run.pid());
-        assert!(!run.said("tracing PID"), "{what}: the tracer started too fast to test this");
+        assert!(
+            !run.said("tracing PID"),
+            "{what}: the tracer started too fast to test this"
+        );
         sigint(run.child.id());
         let (code, stderr, _) = run.end(Duration::from_secs(30));
         kill_leftovers(&tracers);
@@ -799,13 +883,13 @@ fn a_chrooted_target_is_traced_by_both_tracers() {
     let shell = format!(
         r#"set -e
 mount --bind / {root}
-chroot {root} {DEBIAN_PYTHON} {script} > /dev/null &
+chroot {root} {DEBIAN_PYTHON} {script} > /dev/null 2>&1 &
 target=$!
+trap 'kill $target' EXIT
 sleep 0.5
 grep -q '{root}/usr/lib/x86_64-linux-gnu/libc.so.6' /proc/$target/maps
 {tool} dtrace --pid $target --script malloc_count --duration 1 --json {dtrace_json} > /dev/null
 {tool} attach --precise --pid $target --duration 1 --no-progress -o {precise_json} > /dev/null
-kill $target
 "#,
         tool = env!("CARGO_BIN_EXE_pymemtrace"),
     );
@@ -837,16 +921,29 @@ fn dtrace_on_a_static_non_python_binary_is_exit_4() {
     let scratch = open_scratch("static");
     let source = scratch.path("sleeper.c");
     let binary = scratch.path("sleeper");
-    std::fs::write(&source, "#include <unistd.h>\nint main(void) { for (;;) pause(); }\n").unwrap();
+    std::fs::write(
+        &source,
+        "#include <unistd.h>\nint main(void) { for (;;) pause(); }\n",
+    )
+    .unwrap();
     let built = Command::new("cc")
         .args(["-static", "-O1", "-o", &binary, &source])
         .status()
         .unwrap();
-    assert!(built.success(), "cc -static failed (glibc's libc.a is needed)");
+    assert!(
+        built.success(),
+        "cc -static failed (glibc's libc.a is needed)"
+    );
     let mut sleeper = Command::new(&binary).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let output = tool()
-        .args(["dtrace", "--pid", &sleeper.id().to_string(), "--script", "malloc_count"])
+        .args([
+            "dtrace",
+            "--pid",
+            &sleeper.id().to_string(),
+            "--script",
+            "malloc_count",
+        ])
         .output()
         .unwrap();
     let _ = sleeper.kill();

@@ -320,7 +320,8 @@ enum Line {
 /// arrives: a SIGINT that lands while it is busy elsewhere (printing `PMT start`, or still
 /// attaching probes) sets its flag and then nothing reads it when no event comes, as after the
 /// target's death, and it ran on until our watchdog (60 s). This event is the one that comes.
-pub const BPFTRACE_HEARTBEAT: &str = "\n/* Added by pymemtrace (src/dtrace/mod.rs): lets bpftrace notice a stop request. */\n\
+pub const BPFTRACE_HEARTBEAT: &str =
+    "\n/* Added by pymemtrace (src/dtrace/mod.rs): lets bpftrace notice a stop request. */\n\
 interval:ms:100\n{\n\tprintf(\"\");\n}\n";
 
 /// The program the tracer runs for `script` (what `--print-script` shows, too).
@@ -535,9 +536,7 @@ pub fn never_started(
     errors: &[String],
 ) -> Result<()> {
     if *end == "interrupted" {
-        eprintln!(
-            "pymemtrace: interrupted before the probes were attached: nothing was traced"
-        );
+        eprintln!("pymemtrace: interrupted before the probes were attached: nothing was traced");
         return Ok(());
     }
     Err(if !crate::target::is_alive(pid) {

@@ -64,8 +64,7 @@ impl Python {
         let runtime = self.runtime.ok_or_else(|| {
             format!(
                 "_PyRuntime was not found in {} (Python {})",
-                self.binary,
-                self.version
+                self.binary, self.version
             )
         })?;
         if std::env::consts::ARCH != "x86_64" && layout.minor <= 10 {
@@ -332,10 +331,9 @@ mod tests {
     /// tests/hostile_tracer.rs): the tool's name for it is inert, the target's is not.
     #[test]
     fn a_hostile_library_path_never_becomes_the_tracer_name() {
-        let hostile = r#"/tmp/t/a:malloc{}interval:s:1{cat("/etc/shadow")}uprobe:/tmp/t/b/libc.so.6"#;
-        let maps = format!(
-            "7f2593224000-7f259324a000 r--p 00000000 fe:00 326279 {hostile}\n"
-        );
+        let hostile =
+            r#"/tmp/t/a:malloc{}interval:s:1{cat("/etc/shadow")}uprobe:/tmp/t/b/libc.so.6"#;
+        let maps = format!("7f2593224000-7f259324a000 r--p 00000000 fe:00 326279 {hostile}\n");
         let files = mapped_files(&maps);
         let libc = MappedFile::mapping(4242, find_libc(&files).unwrap());
         assert_eq!(libc.shown, hostile);

@@ -469,7 +469,12 @@ fn run_bpftrace(options: &Options, stop: &AtomicBool) -> Result<Recording> {
     let parsed = parse::parse(&output.text);
     let errors = dtrace::tracer_errors(&output.stderr);
     if !parsed.started {
-        dtrace::never_started(&(output.end, output.status), options.pid, "bpftrace", &errors)?;
+        dtrace::never_started(
+            &(output.end, output.status),
+            options.pid,
+            "bpftrace",
+            &errors,
+        )?;
     }
     // bpftrace 0.17 warns about the FS-base comparison (3.8-3.10) with three lines each time;
     // only its errors and lost events are worth a line.
