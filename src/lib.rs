@@ -3,6 +3,7 @@
 //! Data flows target -> sampler -> a plain data model (attribution) -> report; see DESIGN.md.
 
 pub mod attribution;
+pub mod children;
 pub mod dtrace;
 pub mod error;
 pub mod fuzzing;

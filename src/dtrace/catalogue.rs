@@ -226,7 +226,13 @@ pub const KNOWN_FACTS: &[&str] = &[
 pub const PY_THREAD_FRAME: &str = include_str!("../../probes/fragments/py_thread_frame.bt");
 
 /// The values of the facts placeholders (every UPPERCASE one but the py_gc ones) for this target.
-pub fn fact_values(facts: &Facts, backend_is_dtrace: bool) -> BTreeMap<String, String> {
+///
+/// Every value is made by the tool: numbers, expressions generated from the offsets tables, and
+/// files named the tool's way ([`super::target::MappedFile::tracer_name`]); nothing the target named goes in.
+pub fn fact_values(
+    facts: &Facts,
+    backend_is_dtrace: bool,
+) -> Result<BTreeMap<String, String>, String> {
     let mut values = BTreeMap::new();
     let mut set = |k: &str, v: String| {
         values.insert(k.to_string(), v);
@@ -234,18 +240,18 @@ pub fn fact_values(facts: &Facts, backend_is_dtrace: bool) -> BTreeMap<String, S
     set("PID", facts.pid.to_string());
     set(
         "LIBC",
-        facts
-            .libc
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "libc.so.6".into()),
+        match &facts.libc {
+            Some(file) => file.tracer_name()?,
+            None => "libc.so.6".into(),
+        },
     );
     let python = facts.python.as_ref().ok();
     set(
         "PYTHON",
-        python
-            .map(|p| p.binary.display().to_string())
-            .unwrap_or_else(|| "python".into()),
+        match python {
+            Some(p) => p.binary.tracer_name()?,
+            None => "python".into(),
+        },
     );
     match python.map(|p| p.frames()) {
         Some(Ok((layout, runtime))) => {
@@ -299,7 +305,7 @@ pub fn fact_values(facts: &Facts, backend_is_dtrace: bool) -> BTreeMap<String, S
             set("TSTATE_FRAME", "0".into());
         }
     }
-    values
+    Ok(values)
 }
 
 /// [`PY_THREAD_FRAME`] filled in with `values` (which must hold the facts and `max_threads`).
@@ -313,7 +319,8 @@ fn gc_probes(
     backend_is_dtrace: bool,
 ) -> Result<(String, String, String, String), String> {
     let python = facts.python.as_ref().map_err(|e| e.clone())?;
-    let binary = python.binary.display();
+    let shown = &python.binary;
+    let binary = python.binary.tracer_name()?;
     if python.usdt.contains("gc__start") && python.usdt.contains("gc__done") {
         return Ok(if backend_is_dtrace {
             (
@@ -341,7 +348,7 @@ fn gc_probes(
         return Err(format!(
             "Python {} in {} has neither the gc__start/gc__done USDT probes nor a symbol for its collection function{}",
             python.version,
-            binary,
+            shown,
             if python.minor <= 8 { " (3.8's `collect` is split by the compiler into constprop copies)" } else { " (a stripped binary built without --with-dtrace)" }
         ));
     };
@@ -387,7 +394,7 @@ pub fn availability(entry: &Entry, facts: &Facts) -> Result<(), String> {
             } else {
                 Err(format!(
                     "{} has no PyObject_Malloc/PyObject_Free symbols",
-                    python.binary.display()
+                    python.binary
                 ))
             }
         }
@@ -402,7 +409,7 @@ pub fn values(
     defines: &[(String, String)],
     backend_is_dtrace: bool,
 ) -> Result<BTreeMap<String, String>, String> {
-    let mut values = fact_values(facts, backend_is_dtrace);
+    let mut values = fact_values(facts, backend_is_dtrace)?;
     let mut set = |k: &str, v: String| {
         values.insert(k.to_string(), v);
     };

@@ -74,7 +74,7 @@ pub fn run_command(options: CommandOptions) -> Result<()> {
     let prepared = prepare(&run_options, backend, tracer)?;
     if options.print_script {
         let mut out = stdout.lock();
-        out.write_all(prepared.text.as_bytes())
+        out.write_all(super::runnable(prepared.backend, &prepared.text).as_bytes())
             .map_err(stdout_error)?;
         return Ok(());
     }

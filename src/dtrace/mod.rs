@@ -170,11 +170,9 @@ pub fn prepare(options: &Options, backend: Backend, tracer: PathBuf) -> Result<P
     let entry = find_entry(&options.script)?;
     let facts = target::inspect(options.pid)?;
     if let Err(why) = catalogue::availability(entry, &facts) {
-        let needs_python = !matches!(
-            entry.needs,
-            catalogue::Needs::Libc | catalogue::Needs::LibcMaybeFrames
-        );
-        let kind = if needs_python && facts.python.is_err() {
+        // Not a CPython process (a static non-Python binary has no C library to probe either):
+        // exit 4, whatever the script needed. A CPython one this script cannot run on: exit 6.
+        let kind = if facts.python.is_err() {
             ErrorKind::NotPython
         } else {
             ErrorKind::UnsupportedVersion
@@ -267,7 +265,7 @@ pub fn write_list(
                 Ok(p) => format!(
                     "Python {} in {}{}",
                     p.version,
-                    p.binary.display(),
+                    p.binary,
                     match p.frames() {
                         Ok(_) => ", Python frames readable".to_string(),
                         Err(why) => format!(", Python frames not readable: {why}"),
@@ -278,7 +276,7 @@ pub fn write_list(
             facts
                 .libc
                 .as_ref()
-                .map(|p| p.display().to_string())
+                .map(|p| p.to_string())
                 .unwrap_or_else(|| "not mapped".into())
         )?;
         writeln!(out)?;
@@ -316,12 +314,29 @@ enum Line {
     OutClosed,
 }
 
+/// What bpftrace runs after the script: an async event every 100 ms that prints nothing.
+///
+/// bpftrace 0.17 notices a SIGINT only when it interrupts its wait for events or when an event
+/// arrives: a SIGINT that lands while it is busy elsewhere (printing `PMT start`, or still
+/// attaching probes) sets its flag and then nothing reads it when no event comes, as after the
+/// target's death, and it ran on until our watchdog (60 s). This event is the one that comes.
+pub const BPFTRACE_HEARTBEAT: &str =
+    "\n/* Added by pymemtrace (src/dtrace/mod.rs): lets bpftrace notice a stop request. */\n\
+interval:ms:100\n{\n\tprintf(\"\");\n}\n";
+
+/// The program the tracer runs for `script` (what `--print-script` shows, too).
+pub fn runnable(backend: Backend, script: &str) -> String {
+    match backend {
+        Backend::Bpftrace => format!("{script}{BPFTRACE_HEARTBEAT}"),
+        Backend::Dtrace => script.to_string(),
+    }
+}
+
 /// One run of a tracer on one script.
 pub struct TraceRequest<'a> {
     pub backend: Backend,
     pub tracer: &'a std::path::Path,
-    /// Names the temporary script file and, in the start message, what runs.
-    pub name: &'a str,
+    /// What runs, in the start message.
     pub label: &'a str,
     pub script: &'a str,
     pub pid: i32,
@@ -345,27 +360,25 @@ pub struct TraceOutput {
     pub end: &'static str,
 }
 
+/// How long a tracer may take to print its maps and exit once asked to stop. It needs about 0.1 s
+/// per probe to detach them (docs/reliability.md); this is a last resort, never the usual end.
+const STOP_WATCHDOG: Duration = Duration::from_secs(60);
+
 /// Runs a script with its tracer until Ctrl-C (`stop`), `duration` after `PMT start`, or the
 /// target's exit, handing each line of its output to `on_line` as it comes.
+///
+/// The program goes to the tracer on its standard input: no file is written, so there is no name
+/// in /tmp for another user to plant a link or a FIFO at. The tracer is SIGKILLed if the tool dies
+/// ([`crate::children`]). A stop asked before the probes are attached (`PMT start` is printed once
+/// they are) kills the tracer at once: nothing has been traced, and waiting for it to finish
+/// attaching would take seconds for nothing.
 pub fn trace(
     request: &TraceRequest<'_>,
     stop: &AtomicBool,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<TraceOutput> {
     check_root(request.backend)?;
-    let file = std::env::temp_dir().join(format!(
-        "pymemtrace-{}-{}.{}",
-        std::process::id(),
-        request.name,
-        if request.backend == Backend::Dtrace {
-            "d"
-        } else {
-            "bt"
-        }
-    ));
-    std::fs::write(&file, request.script)
-        .map_err(|e| Error::internal(format!("cannot write {}: {e}", file.display())))?;
-    let _remove = RemoveOnDrop(file.clone());
+    let program = runnable(request.backend, request.script);
     let mut command = Command::new(request.tracer);
     match request.backend {
         Backend::Bpftrace => {
@@ -373,7 +386,8 @@ pub fn trace(
                 command.arg("-p").arg(request.pid.to_string());
             }
             command
-                .arg(&file)
+                // The program, from standard input.
+                .arg("-")
                 // Long enough for file names; maps big enough for a busy target's live blocks.
                 .env("BPFTRACE_STRLEN", "200")
                 .env("BPFTRACE_MAP_KEYS_MAX", "65536")
@@ -385,7 +399,7 @@ pub fn trace(
                 .arg("-p")
                 .arg(request.pid.to_string())
                 .arg("-s")
-                .arg(&file);
+                .arg("/dev/stdin");
         }
     }
     {
@@ -393,8 +407,9 @@ pub fn trace(
         // Its own process group: a terminal's Ctrl-C reaches only us, and we stop the tracer once.
         command.process_group(0);
     }
+    crate::children::end_with_tool(&mut command);
     let mut child = command
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -404,6 +419,12 @@ pub fn trace(
                 format!("cannot start {}: {e}", request.tracer.display()),
             )
         })?;
+    let mut stdin = child.stdin.take().expect("piped");
+    // A thread, so that a program longer than the pipe's buffer cannot block us; a tracer that
+    // exits without reading it ends the write with an error, which its exit status reports.
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(program.as_bytes());
+    });
     let (sender, receiver) = mpsc::channel();
     let stdout = child.stdout.take().expect("piped");
     std::thread::spawn(move || {
@@ -468,8 +489,9 @@ pub fn trace(
             };
             // With `-p`, bpftrace notices the target's exit by itself, but only up to a second
             // later: asking it to print now ends the tool within a second of the exit.
-            let target_gone = started_at.is_some() && !crate::target::is_alive(request.pid);
-            if stop.load(Ordering::Relaxed) || timed_out || target_gone {
+            let target_gone = !crate::target::is_alive(request.pid);
+            let interrupted = stop.load(Ordering::Relaxed);
+            if interrupted || timed_out || target_gone {
                 end = if target_gone {
                     "target exited"
                 } else if timed_out {
@@ -477,11 +499,17 @@ pub fn trace(
                 } else {
                     "interrupted"
                 };
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+                if started_at.is_some() {
+                    // SIGINT: the tracer runs its END probe, which prints the maps.
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+                } else {
+                    // Not attached yet: there is nothing to print.
+                    let _ = child.kill();
+                }
                 stop_sent = Some(Instant::now());
             }
-        } else if stop_sent.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
-            // The tracer did not finish printing within a minute: end it; what it printed stays.
+        } else if stop_sent.is_some_and(|t| t.elapsed() > STOP_WATCHDOG) {
+            // The tracer did not finish printing in time: end it; what it printed stays.
             let _ = child.kill();
         }
     }
@@ -495,6 +523,37 @@ pub fn trace(
         status,
         seconds: started_at.map_or(0.0, |s| s.elapsed().as_secs_f64()),
         end,
+    })
+}
+
+/// A run whose tracer printed no `PMT start`: `Ok` when the user stopped it before its probes
+/// were attached (the caller reports an empty run, as documented for Ctrl-C: exit 0, every output
+/// written), else the error to give: the target exited first (exit 3), or the tracer failed
+/// (exit 1, with its messages).
+pub fn never_started(
+    (end, status): &(&'static str, std::process::ExitStatus),
+    pid: i32,
+    tracer: &str,
+    errors: &[String],
+) -> Result<()> {
+    if *end == "interrupted" {
+        eprintln!("pymemtrace: interrupted before the probes were attached: nothing was traced");
+        return Ok(());
+    }
+    Err(if !crate::target::is_alive(pid) {
+        Error::new(
+            ErrorKind::NoSuchProcess,
+            format!("PID {pid} exited before the probes were attached"),
+        )
+    } else {
+        Error::internal(format!(
+            "{tracer} failed ({status}) before attaching its probes: {}",
+            if errors.is_empty() {
+                "no message".to_string()
+            } else {
+                errors.join(" | ")
+            }
+        ))
     })
 }
 
@@ -514,7 +573,6 @@ pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<
         &TraceRequest {
             backend: prepared.backend,
             tracer: &prepared.tracer,
-            name: prepared.entry.name,
             label: &label,
             script: &prepared.text,
             pid: options.pid,
@@ -525,12 +583,13 @@ pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<
         stop,
         &mut |_| {},
     )?;
+    let output_end = (output.end, output.status);
     let TraceOutput {
         text,
         stderr: stderr_text,
-        status,
         seconds,
         end,
+        ..
     } = output;
     // bpftrace reports each stack the kernel could not walk (no frame pointers) when printing.
     let lost_stacks = stderr_text
@@ -541,22 +600,22 @@ pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", options.pid)).unwrap_or_default();
     let parsed = parse::parse(&text);
     if !parsed.started {
-        let target_gone = !crate::target::is_alive(options.pid);
-        return Err(if target_gone {
-            Error::new(
-                ErrorKind::NoSuchProcess,
-                format!("PID {} exited before the probes were attached", options.pid),
-            )
-        } else {
-            Error::internal(format!(
-                "{} failed ({status}) before attaching its probes: {}",
-                prepared.backend.name(),
-                if errors.is_empty() {
-                    "no message".to_string()
-                } else {
-                    errors.join(" | ")
-                }
-            ))
+        never_started(&output_end, options.pid, prepared.backend.name(), &errors)?;
+        return Ok(Report {
+            script: prepared.entry.name.to_string(),
+            backend: prepared.backend.name().to_string(),
+            pid: options.pid,
+            command: prepared.facts.command_line.clone(),
+            python: prepared
+                .facts
+                .python
+                .as_ref()
+                .ok()
+                .map(|p| p.version.clone()),
+            end: end.to_string(),
+            // Nothing was traced, so this empty report is the whole of it.
+            complete: true,
+            ..Report::default()
         });
     }
     for line in &errors {
@@ -591,14 +650,6 @@ pub fn run(prepared: &Prepared, options: &Options, stop: &AtomicBool) -> Result<
             maps,
         },
     ))
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 #[cfg(test)]

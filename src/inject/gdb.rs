@@ -62,6 +62,8 @@ pub fn queue_pending_call(pid: i32, snippet: &str) -> Result<()> {
         .and_then(|mut f| f.write_all(script.as_bytes()))
         .map_err(|e| failed(format!("cannot write {}: {e}", script_path.display())))?;
 
+    // No death signal for gdb (src/children.rs says why): killed mid-call it would leave the
+    // target to crash; in batch mode it detaches and exits by itself when its short script ends.
     let mut child = Command::new(gdb)
         .args(["-nx", "-batch", "-q"])
         // Never reach for the network or load project scripts: this runs as root on production.

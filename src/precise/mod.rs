@@ -422,7 +422,7 @@ fn run_bpftrace(options: &Options, stop: &AtomicBool) -> Result<Recording> {
             ),
         ));
     }
-    let mut values = catalogue::fact_values(&facts, false);
+    let mut values = catalogue::fact_values(&facts, false).map_err(Error::internal)?;
     values.insert("max_threads".to_string(), "16".to_string());
     let page = crate::memory::page_size();
     let text = script(&values, layout, options.depth, page)?;
@@ -443,7 +443,6 @@ fn run_bpftrace(options: &Options, stop: &AtomicBool) -> Result<Recording> {
         &dtrace::TraceRequest {
             backend: Backend::Bpftrace,
             tracer: &tracer,
-            name: "precise",
             label: MODE,
             script: &text,
             pid: options.pid,
@@ -470,22 +469,12 @@ fn run_bpftrace(options: &Options, stop: &AtomicBool) -> Result<Recording> {
     let parsed = parse::parse(&output.text);
     let errors = dtrace::tracer_errors(&output.stderr);
     if !parsed.started {
-        return Err(if !crate::target::is_alive(options.pid) {
-            Error::new(
-                ErrorKind::NoSuchProcess,
-                format!("PID {} exited before the probes were attached", options.pid),
-            )
-        } else {
-            Error::internal(format!(
-                "bpftrace failed ({}) before attaching its probes: {}",
-                output.status,
-                if errors.is_empty() {
-                    "no message".to_string()
-                } else {
-                    errors.join(" | ")
-                }
-            ))
-        });
+        dtrace::never_started(
+            &(output.end, output.status),
+            options.pid,
+            "bpftrace",
+            &errors,
+        )?;
     }
     // bpftrace 0.17 warns about the FS-base comparison (3.8-3.10) with three lines each time;
     // only its errors and lost events are worth a line.
@@ -495,7 +484,7 @@ fn run_bpftrace(options: &Options, stop: &AtomicBool) -> Result<Recording> {
     {
         eprintln!("pymemtrace: bpftrace: {line}");
     }
-    if !parsed.ended {
+    if parsed.started && !parsed.ended {
         eprintln!(
             "pymemtrace: bpftrace stopped before printing its final figures; the report is empty"
         );

@@ -298,7 +298,11 @@ pub fn spawn(command: &[String], options: SpyOptions) -> Result<Target> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| Error::usage("nothing to run after `--`"))?;
-    let mut child = Command::new(program).args(args).spawn().map_err(|err| {
+    let mut command = Command::new(program);
+    command.args(args);
+    // The program is the tool's while it runs: it ends with it, even a SIGKILLed one.
+    crate::children::end_with_tool(&mut command);
+    let mut child = command.spawn().map_err(|err| {
         Error::new(
             ErrorKind::SpawnFailed,
             format!("cannot start `{program}`: {err}"),

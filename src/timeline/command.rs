@@ -127,6 +127,8 @@ fn spawn(command: &[String], stdin_for_labels: bool) -> Result<Child> {
         .ok_or_else(|| Error::usage("nothing to run after `--`"))?;
     let mut builder = Command::new(program);
     builder.args(args);
+    // The program is the tool's while it runs: it ends with it, even a SIGKILLed one.
+    crate::children::end_with_tool(&mut builder);
     if stdin_for_labels {
         builder.stdin(Stdio::null());
     }
