@@ -11,7 +11,7 @@ keeps N small objects alive with tracemalloc started by the program itself (N tr
 `pymemtrace tracemalloc --duration 2` runs against it. The target's main thread ticks every
 millisecond and reports its longest gap between two ticks: the time it was held. Also reported:
 the tool's wall time, how much the target's peak RSS (VmHWM) grew during the run (the memory it
-needed transiently), and which tracemalloc.py functions ran in it. Needs root (ptrace).
+needed transiently), and which of tracemalloc's snapshot functions were called in it. Needs root (ptrace).
 """
 from __future__ import print_function
 
@@ -95,12 +95,12 @@ def main():
         "shared with other work: figures are noisy): a target keeping %s small objects alive with "
         "tracemalloc on, `pymemtrace tracemalloc --duration 2` against it. *Longest hold*: the "
         "target's own longest gap between two 1 ms ticks during the run. *Peak RSS growth*: how much "
-        "the target's VmHWM rose (memory it needed, even for a moment). *tracemalloc.py functions*: "
-        "what ran in the target's main thread (sys.setprofile)." % (
+        "the target's VmHWM rose (memory it needed, even for a moment). *Snapshot functions*: "
+        "tracemalloc's snapshot machinery called in the target (the fixture wraps it)." % (
             args.blocks, version.decode().strip(), platform.machine(), os.cpu_count(),
             "{:,}".format(args.blocks)),
         "",
-        "| helper | run | longest hold | tool wall time | peak RSS growth | tracemalloc.py functions |",
+        "| helper | run | longest hold | tool wall time | peak RSS growth | Snapshot functions |",
         "|---|---|---|---|---|---|",
     ] + rows)
     replace_section(os.path.join(ROOT, "docs", "benchmarks.md"), "tracemalloc-hold", text)

@@ -212,8 +212,8 @@ fn a_killed_tool_leaves_the_target_as_it_found_it() {
 /// the helper does there is two C calls (about 1-3 s here on a loaded 2-core machine); 30 s is
 /// margin for a slow CI machine. The old in-target comparison took 30-40 s on the same data in a
 /// plain process and minutes on a real job, but a faster machine could bring it under any fixed
-/// bound, so the test also checks the cause itself: no function of tracemalloc.py (snapshot,
-/// filter, group, compare) runs in the target's main thread.
+/// bound, so the test also checks the cause itself: none of tracemalloc's snapshot machinery
+/// (take_snapshot, filter_traces, _group_by, compare_to) is called in the target.
 const LONGEST_HOLD: f64 = 30.0;
 
 /// (c) A million live traced blocks (tracemalloc on before the tool): the helper's work in the
@@ -256,7 +256,7 @@ fn a_million_live_blocks_hold_the_main_thread_briefly() {
     let gap = after["max_gap"].as_f64().unwrap();
     eprintln!(
         "[{}] 1,000,000 live blocks: tool {:.1} s ({status}), longest main-thread gap {gap:.2} s, \
-         tracemalloc.py functions run in the target: {}",
+         snapshot functions called in the target: {}",
         python.label,
         wall.as_secs_f64(),
         after["tracemalloc_calls"]

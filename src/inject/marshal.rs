@@ -192,17 +192,17 @@ impl<'a> Reader<'a> {
             b'g' => Object::Float(f64::from_le_bytes(
                 self.take(8)?.try_into().expect("8 bytes"),
             )),
-            b'u' | b's' | b'a' | b'A' | b't' => {
+            b's' => {
+                let n = self.length()?;
+                Object::Bytes(Rc::from(self.take(n)?))
+            }
+            b'u' | b'a' | b'A' | b't' => {
                 let n = self.length()?;
                 let text = self.text(n)?;
                 if code == b't' {
                     self.interned.push(text.clone());
                 }
-                if code == b's' {
-                    Object::Bytes(Rc::from(text.as_bytes()))
-                } else {
-                    Object::Str(text)
-                }
+                Object::Str(text)
             }
             b'z' | b'Z' => {
                 let n = self.short_length()?;
