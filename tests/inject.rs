@@ -13,17 +13,6 @@ use common::*;
 const FIXTURE: &str = "inject_target.py";
 const KNOWN_BYTES: f64 = 100.0 * 100_033.0; // 100 bytes objects of 100,000 bytes (+33 header)
 
-/// Interpreters with tracemalloc and the injection engine's tested range (3.8 on).
-fn injectable() -> Vec<Interpreter> {
-    interpreters()
-        .into_iter()
-        .filter(|i| {
-            let version = i.label.trim_start_matches("debian-");
-            !matches!(version, "2.7" | "3.6" | "3.7")
-        })
-        .collect()
-}
-
 struct Target {
     child: Child,
 }

@@ -35,14 +35,6 @@ fn count(variable: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Interpreters the helpers run on (3.8+, as in tests/inject.rs).
-fn injectable() -> Vec<Interpreter> {
-    interpreters()
-        .into_iter()
-        .filter(|i| !matches!(i.label.as_str(), "2.7" | "3.6" | "3.7"))
-        .collect()
-}
-
 /// The checked target.
 struct Checked {
     child: Child,

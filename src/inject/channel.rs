@@ -193,14 +193,15 @@ impl Channel {
 
     /// Waits until `deadline` for the target to connect, checks that it is the target, and reads
     /// its reply (at most `max_reply` bytes, within `reply_allowance` of the connection). None
-    /// when nobody connected in time.
+    /// when nobody connected in time. The connection is returned with the reply: a helper may
+    /// keep its end open, and learns that the tool is gone when this one closes.
     pub fn receive(
         &self,
         deadline: Instant,
         reply_allowance: Duration,
         max_reply: usize,
         cancel: &AtomicBool,
-    ) -> std::io::Result<Option<Vec<u8>>> {
+    ) -> std::io::Result<Option<(Vec<u8>, UnixStream)>> {
         // The target's death is noticed within this much (a killed target never connects, and
         // the user should not wait out the whole --timeout to hear it).
         const LIVENESS_EVERY: Duration = Duration::from_millis(20);
@@ -234,7 +235,8 @@ impl Channel {
         // The helper is running now, between its connect and its reply: a snapshot of a large
         // heap in a target whose threads hold the GIL can take many seconds, so it gets its own
         // allowance rather than what is left of the wait for it to start.
-        Ok(Some(read_reply(&stream, reply_allowance, max_reply)?))
+        let reply = read_reply(&stream, reply_allowance, max_reply)?;
+        Ok(Some((reply, stream)))
     }
 }
 
@@ -257,8 +259,18 @@ fn read_reply(
             ),
         ));
     }
-    let mut reply = vec![0u8; length];
-    reader.read_exact(&mut reply)?;
+    // Grown as the bytes come, not allocated from the announced length up front.
+    let mut reply = Vec::new();
+    reader.take(length as u64).read_to_end(&mut reply)?;
+    if reply.len() < length {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "the helper's reply ended after {} of {length} bytes",
+                reply.len()
+            ),
+        ));
+    }
     Ok(reply)
 }
 

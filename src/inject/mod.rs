@@ -14,7 +14,7 @@
 mod channel;
 pub mod debug_offsets;
 mod gdb;
-mod marshal;
+pub mod marshal;
 pub(crate) mod ptrace;
 mod stub;
 
@@ -46,18 +46,13 @@ pub const MALLOCSTATS: Helper = Helper {
     min_version: (3, 3),
 };
 
-/// Starts tracemalloc and snapshots, then compares and restores (`pymemtrace tracemalloc`).
+/// Starts tracemalloc and sends its raw traces, then sends them again and restores
+/// (`pymemtrace tracemalloc`); between the two, a watchdog restores the target if the tool goes.
 pub const TRACEMALLOC: Helper = Helper {
     name: "tracemalloc",
     source: include_str!("helpers/tracemalloc.py"),
     min_version: (3, 4),
 };
-
-/// Run if a late tracemalloc step finds the tool gone: put the target back as it was.
-pub const TRACEMALLOC_FALLBACK: &str = "import tracemalloc\n\
-state = getattr(tracemalloc, '_pymemtrace_state', None)\n\
-if state is not None:\n    del tracemalloc._pymemtrace_state\n    \
-if state['started_by_us'] and tracemalloc.is_tracing():\n        tracemalloc.stop()\n";
 
 /// Says where it ran: proves the round trip (`pymemtrace ping`, tests, benchmarks).
 pub const PING: Helper = Helper {
@@ -639,18 +634,22 @@ pub fn run_helper(
     request: &Value,
     options: &Options,
 ) -> Result<(Value, Timing)> {
-    run_helper_with_fallback(pid, helper, request, "", options)
+    let (reply, timing, _connection) = run_helper_with(pid, helper, request, options, |reader| {
+        reader.object().map(|object| object.to_json())
+    })?;
+    Ok((reply, timing))
 }
 
-/// Like [`run_helper`]; `fallback` is Python run instead of the helper if the bootstrap runs too
-/// late to reach the tool (it timed out, or was stopped): it undoes what earlier steps left.
-pub fn run_helper_with_fallback(
+/// Like [`run_helper`], with the helper's result read by `decode` straight from the marshalled
+/// reply (a large one need not be built whole), and the helper's connection returned: it stays
+/// open until dropped, for a helper that keeps its end (tracemalloc's watchdog).
+pub fn run_helper_with<T>(
     pid: i32,
     helper: &Helper,
     request: &Value,
-    fallback: &str,
     options: &Options,
-) -> Result<(Value, Timing)> {
+    decode: impl FnOnce(&mut marshal::Reader) -> std::result::Result<T, marshal::MarshalError>,
+) -> Result<(T, Timing, std::os::unix::net::UnixStream)> {
     let started = Instant::now();
     crate::target::check_process(pid)?;
     refuse_stopped(pid)?;
@@ -663,7 +662,6 @@ pub fn run_helper_with_fallback(
     })?;
     let snippet = BOOTSTRAP
         .replace("@PATH@", &python_literal(&channel.target_dir))
-        .replace("@FALLBACK@", &python_literal(fallback))
         .replace("@SOURCE@", &python_literal(helper.source))
         .replace("@REQUEST@", &python_value(request))
         .replace(
@@ -712,7 +710,7 @@ pub fn run_helper_with_fallback(
         )),
         _ => helper_error(format!("the {} helper's reply failed: {err}", helper.name)),
     })?;
-    let Some(reply) = reply else {
+    let Some((reply, connection)) = reply else {
         return Err(if crate::target::is_alive(pid) {
             helper_error(format!(
                 "the {} helper did not run within {:.0} s: PID {pid}'s main thread is {} (no \
@@ -731,19 +729,38 @@ pub fn run_helper_with_fallback(
             )
         });
     };
-    let reply: Value = marshal::parse(&reply).map_err(|err| {
+    let unreadable = |err: marshal::MarshalError| {
         helper_error(format!(
             "the {} helper's reply could not be read ({}): not what the helper sends",
             helper.name, err.0
         ))
-    })?;
+    };
+    // The bootstrap sends {"ok": result} or {"error": message, "traceback": text}.
+    let mut decode = Some(decode);
+    let mut ok = None;
+    let mut error = None;
+    let mut reader = marshal::Reader::new(&reply);
+    reader
+        .dict(|reader, key| {
+            match key.as_str().map(|k| &**k) {
+                Some("ok") => match decode.take() {
+                    Some(decode) => ok = Some(decode(reader)?),
+                    None => return Err(marshal::MarshalError("two results".into())),
+                },
+                Some("error") => error = Some(reader.object()?.to_json()),
+                _ => drop(reader.object()?),
+            }
+            Ok(())
+        })
+        .and_then(|()| reader.finish())
+        .map_err(unreadable)?;
     let timing = Timing {
         held,
         round_trip: started.elapsed(),
         delivery,
     };
-    match (reply.get("ok"), reply.get("error")) {
-        (Some(ok), None) => Ok((ok.clone(), timing)),
+    match (ok, error) {
+        (Some(ok), None) => Ok((ok, timing, connection)),
         (None, Some(error)) => Err(helper_error(format!(
             "the {} helper failed inside PID {pid}: {}",
             helper.name,

@@ -1,7 +1,12 @@
-//! `pymemtrace tracemalloc`: two tracemalloc snapshots taken inside the target, compared there,
-//! with tracemalloc's own memory compensated for, and the target put back as it was.
+//! `pymemtrace tracemalloc`: tracemalloc's raw traces taken out of the target twice and compared
+//! here ([`traces`]), with tracemalloc's own memory compensated for, and the target put back as
+//! it was: by the second step, or by the helper's watchdog if the tool goes away (a lease this
+//! module keeps alive between the steps).
+
+mod traces;
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +15,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::inject::marshal::{MarshalError, Reader};
 use crate::inject::{self, Options};
 use crate::memory::{human_bytes, human_delta};
 use crate::report::table::thousands;
@@ -79,42 +85,103 @@ pub struct Comparison {
     pub injection_methods: [String; 2],
 }
 
+/// What one step's helper replies: its figures, and the traces (summed per traceback).
+struct Step {
+    figures: Value,
+    traces: traces::Traces,
+}
+
 fn int(value: &Value, key: &str) -> i64 {
     value[key].as_i64().unwrap_or(0)
 }
 
-fn not_helper_reply(what: &str) -> Error {
-    Error::new(
-        ErrorKind::HelperFailed,
-        format!("the tracemalloc helper's reply lacks {what}: not what the helper sends"),
-    )
+/// Reads a step's reply: every key as JSON but `traces`, which is read trace by trace; then the
+/// measurement's own traces (`own_files`) are left out.
+fn read_step(reader: &mut Reader) -> std::result::Result<Step, MarshalError> {
+    let mut figures = serde_json::Map::new();
+    let mut traces = None;
+    reader.dict(|reader, key| {
+        let key = key
+            .as_str()
+            .ok_or_else(|| MarshalError("a key that is not a string".into()))?
+            .to_string();
+        if key == "traces" {
+            traces = Some(traces::Traces::read(reader)?);
+        } else {
+            figures.insert(key, reader.object()?.to_json());
+        }
+        Ok(())
+    })?;
+    let mut traces = traces.ok_or_else(|| MarshalError("no traces".into()))?;
+    let own_files: Vec<&str> = figures
+        .get("own_files")
+        .and_then(Value::as_array)
+        .map(|files| files.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    traces.leave_out(&own_files);
+    Ok(Step {
+        figures: Value::Object(figures),
+        traces,
+    })
 }
 
-fn parse_group(value: &Value) -> Result<Group> {
-    let frames = value["frames"]
-        .as_array()
-        .ok_or_else(|| not_helper_reply("frames"))?
-        .iter()
-        .map(|f| {
-            Ok((
-                f[0].as_str()
-                    .ok_or_else(|| not_helper_reply("a file"))?
-                    .to_string(),
-                f[1].as_i64().ok_or_else(|| not_helper_reply("a line"))?,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let (size, size_diff) = (int(value, "size"), int(value, "size_diff"));
-    let (count, count_diff) = (int(value, "count"), int(value, "count_diff"));
-    Ok(Group {
-        frames,
-        size_before: size - size_diff,
-        size_after: size,
-        size_diff,
-        count_before: count - count_diff,
-        count_after: count,
-        count_diff,
-    })
+/// The largest reply accepted from a step: its traces take about 17-22 bytes each, so this is
+/// room for about 12 million live traced blocks.
+const MAX_TRACES_REPLY: usize = 256 << 20;
+
+/// How long the helper's watchdog waits for a sign of life from the tool before it puts the
+/// target back by itself (the tool's death is seen at once: the connection closes).
+const LEASE: Duration = Duration::from_secs(10);
+/// How often the tool gives that sign of life.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Keeps the first step's connection open and alive (a byte every [`HEARTBEAT`]) until dropped:
+/// then the connection closes and the helper's watchdog, if the second step has not already
+/// done it, restores the target.
+struct Lease {
+    stop: Arc<AtomicBool>,
+    beating: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Lease {
+    fn keep(connection: UnixStream) -> Lease {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let beating = std::thread::spawn(move || {
+            let _ = connection.set_write_timeout(Some(HEARTBEAT));
+            let mut last: Option<Instant> = None;
+            while !stopped.load(Ordering::Relaxed) {
+                if last.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
+                    if (&connection).write_all(b".").is_err() {
+                        break; // the watchdog is gone (restored, or the target exited)
+                    }
+                    last = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Lease {
+            stop,
+            beating: Some(beating),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(beating) = self.beating.take() {
+            let _ = beating.join(); // its end of the connection closes with it
+        }
+    }
+}
+
+/// A name for this run, so the second step acts only on this run's first.
+fn run_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
 }
 
 /// Runs the two steps around a wait of `duration` (or until `stop`).
@@ -122,17 +189,28 @@ pub fn compare(options: &TracemallocOptions, stop: &Arc<AtomicBool>) -> Result<C
     let inject_options = Options {
         timeout: Duration::from_secs_f64(options.timeout),
         method: options.method,
+        max_reply: MAX_TRACES_REPLY,
         ..Options::default()
     };
-    let start_request = json!({"action": "start", "frames": options.frames});
-    let (started, first) = inject::run_helper_with_fallback(
+    let run = run_name();
+    let start_request = json!({
+        "action": "start",
+        "frames": options.frames,
+        "run": run,
+        "lease": LEASE.as_secs_f64(),
+    });
+    let (before, first, connection) = inject::run_helper_with(
         options.pid,
         &inject::TRACEMALLOC,
         &start_request,
-        inject::TRACEMALLOC_FALLBACK,
         &inject_options,
+        read_step,
     )?;
-    let started_by_us = started["started_by_us"].as_bool().unwrap_or(false);
+    // From here on, whatever ends this function (an error, a return, the tool's death) closes
+    // the connection, and the helper's watchdog then puts the target back.
+    let _lease = Lease::keep(connection);
+    let started_by_us = before.figures["started_by_us"].as_bool().unwrap_or(false);
+    let frames = &before.figures["frames"];
     eprintln!(
         "pymemtrace: first snapshot taken ({}, {} frame{}){}; Ctrl-C takes the second snapshot now",
         if started_by_us {
@@ -140,28 +218,24 @@ pub fn compare(options: &TracemallocOptions, stop: &Arc<AtomicBool>) -> Result<C
         } else {
             "tracemalloc was already running"
         },
-        started["frames"],
-        if started["frames"] == 1 { "" } else { "s" },
+        frames,
+        if *frames == 1 { "" } else { "s" },
         options
             .duration
             .map(|d| format!("; the second in {d} s"))
             .unwrap_or_default(),
     );
     wait(options.pid, options.duration, stop);
-    let finish_request = json!({
-        "action": "finish",
-        "granularity": options.granularity.key(),
-        "top": options.top,
-    });
-    let finished = inject::run_helper_with_fallback(
+    let finish_request = json!({"action": "finish", "run": run});
+    let finished = inject::run_helper_with(
         options.pid,
         &inject::TRACEMALLOC,
         &finish_request,
-        inject::TRACEMALLOC_FALLBACK,
         &inject_options,
+        read_step,
     );
-    let (reply, second) = match finished {
-        Ok(done) => done,
+    let (after, second) = match finished {
+        Ok((after, second, _)) => (after, second),
         Err(err)
             if err.kind == ErrorKind::NoSuchProcess || !crate::target::is_alive(options.pid) =>
         {
@@ -173,36 +247,31 @@ pub fn compare(options: &TracemallocOptions, stop: &Arc<AtomicBool>) -> Result<C
                 ),
             ))
         }
-        Err(err) if err.message.contains("did not run within") => {
+        Err(err) => {
             return Err(Error::new(
                 err.kind,
                 format!(
-                    "{}; when it runs it stops tracemalloc (if this run started it) and frees the \
-                     first snapshot",
+                    "{}; the helper's watchdog stops tracemalloc (if this run started it) as \
+                     this tool ends",
                     err.message
                 ),
             ))
         }
-        Err(err) => {
-            // The second step failed before it was queued: undo the first one now.
-            let _ = inject::run_helper(
-                options.pid,
-                &inject::TRACEMALLOC,
-                &json!({"action": "abort"}),
-                &inject_options,
-            );
-            return Err(err);
-        }
     };
-    let top = reply["top"]
+    let version = after.figures["version"]
         .as_array()
-        .ok_or_else(|| not_helper_reply("top"))?
-        .iter()
-        .map(parse_group)
-        .collect::<Result<Vec<_>>>()?;
-    let traced_change = int(&reply, "total_size_diff");
+        .map(|v| (v[0].as_u64().unwrap_or(0), v[1].as_u64().unwrap_or(0)))
+        .unwrap_or((0, 0));
+    let differences = traces::compare(
+        &before.traces,
+        &after.traces,
+        options.granularity,
+        version >= (3, 7),
+    );
+    let reply = &after.figures;
+    let traced_change: i64 = differences.iter().map(|d| d.size_diff).sum();
     let tracemalloc_memory_change =
-        int(&reply, "tracemalloc_memory_after") - int(&reply, "tracemalloc_memory_before");
+        int(reply, "tracemalloc_memory") - int(reply, "tracemalloc_memory_before");
     Ok(Comparison {
         pid: options.pid,
         seconds: reply["seconds"].as_f64().unwrap_or(0.0),
@@ -210,11 +279,23 @@ pub fn compare(options: &TracemallocOptions, stop: &Arc<AtomicBool>) -> Result<C
         granularity: options.granularity,
         started_by_us,
         traced_change,
-        traced_count_change: int(&reply, "total_count_diff"),
+        traced_count_change: differences.iter().map(|d| d.count_diff).sum(),
         tracemalloc_memory_change,
         compensated_change: traced_change - tracemalloc_memory_change,
-        groups: reply["groups"].as_u64().unwrap_or(0),
-        top,
+        groups: differences.len() as u64,
+        top: differences
+            .into_iter()
+            .take(options.top)
+            .map(|d| Group {
+                frames: d.frames.iter().map(|(f, l)| (f.to_string(), *l)).collect(),
+                size_before: d.size - d.size_diff,
+                size_after: d.size,
+                size_diff: d.size_diff,
+                count_before: d.count - d.count_diff,
+                count_after: d.count,
+                count_diff: d.count_diff,
+            })
+            .collect(),
         injection_round_trip_seconds: [
             first.round_trip.as_secs_f64(),
             second.round_trip.as_secs_f64(),

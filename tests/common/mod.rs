@@ -142,6 +142,18 @@ pub fn interpreters() -> Vec<Interpreter> {
     found
 }
 
+/// The interpreters the helpers (`tracemalloc`, `mallocstats`) are tested on: 3.8 and later,
+/// Debian's 3.11 included (the injection engine's tested range; tracemalloc itself is 3.4+).
+pub fn injectable() -> Vec<Interpreter> {
+    interpreters()
+        .into_iter()
+        .filter(|i| {
+            let version = i.label.trim_start_matches("debian-");
+            !matches!(version, "2.7" | "3.6" | "3.7")
+        })
+        .collect()
+}
+
 /// A fixture started with `--wait`: it has printed "ready" and waits for a line on stdin.
 pub struct WaitingTarget {
     pub child: Child,

@@ -2,11 +2,13 @@
 # namespace: so it binds no name there (the code runs in a fresh dict) and lets no exception out
 # (an exception would make the pending call fail and the interpreter raise SystemError).
 # It carries the helper and its request itself, imports only what is built in (_socket, marshal),
-# and gives the GIL away twice at most (connect, send): in a target whose other threads hold the
-# GIL, each of those waits costs a switch interval or more.
+# registers nothing in sys.modules, and gives the GIL away twice at most (connect, send): in a
+# target whose other threads hold the GIL, each of those waits costs a switch interval or more.
 try:
     exec(compile(r'''
 import _socket, marshal, sys
+# Never SIGPIPE: a target that restored SIGPIPE's default action would die of a tool gone mid-send.
+_NO_SIGNAL = getattr(_socket, "MSG_NOSIGNAL", 0)
 def _quickly(call, *args):
     # connect and send give the GIL away; with other threads wanting it, taking it back waits a
     # switch interval (5 ms) per rival. A short interval for just that wait, then the old one.
@@ -23,10 +25,9 @@ def _run():
         try:
             _quickly(conn.connect, @PATH@ + "/s")
         except BaseException:
-            # The tool is gone (it timed out waiting, or was killed): undo what it may have left,
-            # and remove its private directory if it could not (files first, then the directory;
-            # each fails harmlessly if the tool already did it).
-            exec(compile(@FALLBACK@, "<pymemtrace>", "exec"), {})
+            # The tool is gone (it timed out waiting, or was killed): the helper does not run.
+            # Remove the tool's private directory if it could not (files first, then the
+            # directory; each fails harmlessly if the tool already did it).
             import posix
             for name in ("/s", "/helper.py", ""):
                 try:
@@ -42,12 +43,31 @@ def _run():
             import traceback
             reply = {"error": "%s: %s" % (type(error).__name__, error),
                      "traceback": traceback.format_exc()[-4000:]}
-        data = marshal.dumps(reply, 2)
+        # Version 3+ writes a shared object once (tracemalloc's tracebacks and file names).
+        data = marshal.dumps(reply, min(marshal.version, 4))
+        # A large reply (raw traces) is freed before the send, which waits for the tool to read.
+        del reply
         n = len(data)
         header = bytes(bytearray([(n >> 24) & 255, (n >> 16) & 255, (n >> 8) & 255, n & 255]))
-        _quickly(conn.sendall, header + data)
+        def send():
+            if n < 65536:
+                conn.sendall(header + data, _NO_SIGNAL)
+            else:
+                conn.sendall(header, _NO_SIGNAL)
+                conn.sendall(data, _NO_SIGNAL)
+        sent = False
+        try:
+            _quickly(send)
+            sent = True
+        finally:
+            # A helper may keep the connection (tracemalloc's watchdog, which puts the target back
+            # when the tool goes away); it is told whether its reply reached the tool.
+            after = space.get("after_reply")
+            if after is not None and after(conn, sent):
+                conn = None
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
 _run()
 ''', "<pymemtrace>", "exec"), {})
 except BaseException:
