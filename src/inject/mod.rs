@@ -11,6 +11,7 @@
 //!
 //! Nothing is installed in the target; the helper sees only what it is sent.
 
+mod c_library;
 mod channel;
 pub mod debug_offsets;
 mod gdb;
@@ -145,6 +146,8 @@ struct Interpreter {
     run_simple_string: u64,
     /// For a direct call (3.4+).
     gil: Option<GilFunctions>,
+    /// The C library's munmap, with which a pending call frees its own pages (0: not found).
+    munmap: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -168,6 +171,7 @@ impl Interpreter {
             run_simple_string: self.run_simple_string,
             gil_ensure: gil.ensure,
             gil_release: gil.release,
+            munmap: self.munmap,
         }
     }
 }
@@ -208,6 +212,7 @@ fn find_interpreter(pid: i32, helper: &Helper) -> Result<Interpreter> {
             add_pending_call: 0,
             run_simple_string: 0,
             gil: None,
+            munmap: 0,
         });
     }
     let symbol = |name: &str| info.get_symbol(name).copied();
@@ -228,6 +233,7 @@ fn find_interpreter(pid: i32, helper: &Helper) -> Result<Interpreter> {
                 }),
                 _ => None,
             },
+            munmap: c_library::function(pid, "munmap").unwrap_or(0),
         }),
         _ => Err(Error::new(
             ErrorKind::NotPython,
@@ -553,6 +559,15 @@ fn deliver(
     held.run_stub(page, stub::ENTRY_PENDING, ptrace::CALL_TIMEOUT)
         .map_err(fail)?;
     let queued = result()?;
+    if queued as u32 as i32 != 0 {
+        // Nothing was queued, so nothing will free the pages: do it now, while we hold the thread.
+        held.syscall(
+            syscall_at,
+            ptrace::SYS_MUNMAP,
+            [page, layout.length, 0, 0, 0, 0],
+        )
+        .map_err(fail)?;
+    }
     held.release(pending_after).map_err(fail)?;
     if queued as u32 as i32 != 0 {
         return Err(helper_error(format!(
@@ -717,8 +732,8 @@ pub fn run_helper_with_fallback(
             helper_error(format!(
                 "the {} helper did not run within {:.0} s: PID {pid}'s main thread is {} (no \
                  direct call: {not_direct}). It stays queued and runs when that thread next runs \
-                 Python code; it will then find nobody listening and do nothing (one page of \
-                 memory stays mapped). Try a longer --timeout, or a moment when the program is \
+                 Python code; it will then find nobody listening, do nothing and free its \
+                 memory. Try a longer --timeout, or a moment when the program is \
                  active.",
                 helper.name,
                 options.timeout.as_secs_f64(),
