@@ -244,7 +244,9 @@ fn find_interpreter(pid: i32, helper: &Helper) -> Result<Interpreter> {
     }
 }
 
-/// A Python string literal for `text` (ASCII only, so it reads the same on 2.7 and 3.x).
+/// A Python string literal for `text`, in ASCII. Control characters (the newlines of a helper's
+/// source) are `\xNN`, which 2.7's byte strings read as 3.x's strings do (2.7 leaves `\u` in a
+/// plain literal as it is, which turned a whole helper into one comment line there).
 fn python_literal(text: &str) -> String {
     let mut literal = String::from("'");
     for c in text.chars() {
@@ -252,6 +254,7 @@ fn python_literal(text: &str) -> String {
             '\\' => literal.push_str("\\\\"),
             '\'' => literal.push_str("\\'"),
             ' '..='~' => literal.push(c),
+            _ if (c as u32) < 0x80 => literal.push_str(&format!("\\x{:02x}", c as u32)),
             _ => literal.push_str(&format!("\\u{:04x}", c as u32)),
         }
     }
@@ -780,7 +783,7 @@ mod tests {
         let request = serde_json::json!({"a": [1, true, null, "x\n"], "b": 1.5});
         assert_eq!(
             super::python_value(&request),
-            "{'a': [1, True, None, 'x\\u000a'], 'b': 1.5}"
+            "{'a': [1, True, None, 'x\\x0a'], 'b': 1.5}"
         );
     }
 }

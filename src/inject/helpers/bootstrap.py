@@ -10,6 +10,8 @@ import _socket, marshal, sys
 def _quickly(call, *args):
     # connect and send give the GIL away; with other threads wanting it, taking it back waits a
     # switch interval (5 ms) per rival. A short interval for just that wait, then the old one.
+    if not hasattr(sys, "setswitchinterval"):
+        return call(*args)  # Python 2 switches threads by bytecode count: nothing to shorten
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0002)
     try:
