@@ -18,6 +18,9 @@ mod gdb;
 mod marshal;
 pub(crate) mod ptrace;
 mod stub;
+mod target_user;
+
+pub(crate) use target_user::TargetUser;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -110,32 +113,20 @@ fn helper_error(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::HelperFailed, message)
 }
 
-/// The target's filesystem uid and gid (what its connect() is checked with).
-fn target_ids(pid: i32) -> Result<(u32, u32)> {
+/// The target's filesystem ids and groups: what its connect() is checked with, and whose rights
+/// the reply channel is made with.
+fn target_user(pid: i32) -> Result<TargetUser> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| {
         Error::new(
             ErrorKind::NoSuchProcess,
             format!("PID {pid} exited before the helper could be sent"),
         )
     })?;
-    match filesystem_ids(&status) {
-        Some(ids) => Ok(ids),
-        None => Err(Error::internal(format!(
+    TargetUser::from_status(&status).ok_or_else(|| {
+        Error::internal(format!(
             "cannot read the owner of PID {pid} from /proc/{pid}/status"
-        ))),
-    }
-}
-
-/// The filesystem uid and gid (4th figure of the Uid: and Gid: lines) of /proc/PID/status text.
-pub(crate) fn filesystem_ids(status: &str) -> Option<(u32, u32)> {
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().nth(3))
-            .and_then(|v| v.parse::<u32>().ok())
-    };
-    Some((field("Uid:")?, field("Gid:")?))
+        ))
+    })
 }
 
 /// The addresses to call, from the interpreter's symbols.
@@ -599,9 +590,8 @@ fn remote_exec(
             .to_lowercase(),
         ));
     }
-    let (uid, gid) = target_ids(pid)?;
     let path = channel
-        .write_file(channel::SCRIPT_NAME, snippet.as_bytes(), uid, gid)
+        .write_file(channel::SCRIPT_NAME, snippet.as_bytes())
         .map_err(|err| {
             helper_error(format!(
                 "cannot write the helper script for PID {pid}: {err}"
@@ -673,11 +663,25 @@ pub fn run_helper_with_fallback(
     crate::target::check_process(pid)?;
     refuse_stopped(pid)?;
     let interpreter = find_interpreter(pid, helper)?;
-    let (uid, gid) = target_ids(pid)?;
-    let channel = channel::Channel::open(pid, uid, gid).map_err(|err| {
-        helper_error(format!(
-            "cannot make the reply channel in PID {pid}'s /tmp ({err}); the target was not touched"
-        ))
+    let user = target_user(pid)?;
+    let channel = channel::Channel::open(pid, &user).map_err(|err| {
+        if err.kind() == std::io::ErrorKind::PermissionDenied {
+            // Its /tmp is a directory its user may not write to (a mount of another user's
+            // directory in its own namespaces, a read-only or root-only /tmp): the channel is
+            // made only with the target's own rights (channel.rs), so not there.
+            helper_error(format!(
+                "PID {pid}'s user (uid {}) may not create a directory in the /tmp it sees, so \
+                 the reply channel cannot be made there; nothing was created and the target was \
+                 not touched (`pymemtrace attach --pid {pid}` reads it from outside, without a \
+                 helper)",
+                user.uid
+            ))
+        } else {
+            helper_error(format!(
+                "cannot make the reply channel in PID {pid}'s /tmp ({err}); the target was not \
+                 touched"
+            ))
+        }
     })?;
     let snippet = BOOTSTRAP
         .replace("@PATH@", &python_literal(&channel.target_dir))
