@@ -1,10 +1,12 @@
 //! Running a small stdlib-only Python helper inside a live CPython, from outside (Linux x86_64).
 //!
 //! ../shared/notes/injection.md records what is safe on these machines; this follows it:
-//! 1. a private reply channel in the target's own /tmp ([`channel`]);
-//! 2. the main thread is held with ptrace just long enough to map one page, write a bootstrap
-//!    snippet into it and call `Py_AddPendingCall(PyRun_SimpleString, page)`; its registers and
-//!    vector state are then restored ([`ptrace`]);
+//! 1. a private reply channel in the target's own /tmp, made with the target's own rights
+//!    ([`channel`], [`target_user`]);
+//! 2. the main thread is held with ptrace just long enough to map a few pages, write the stub and
+//!    a bootstrap snippet into them and queue the stub's `run_then_unmap`, which runs the snippet
+//!    with `PyRun_SimpleString` and then unmaps those pages ([`stub`]); its registers and vector
+//!    state are then restored ([`ptrace`]);
 //! 3. the interpreter runs the bootstrap at its next bytecode boundary with the GIL held; it
 //!    connects back, receives the helper's source and request, runs the helper's `main(request)`
 //!    in a fresh namespace and sends the reply.
