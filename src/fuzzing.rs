@@ -29,7 +29,7 @@ pub fn proc_files(data: &[u8]) {
     let _ = crate::memory::process::parse_children(text).count();
     let _ = crate::target::state_from_stat(text);
     let _ = crate::target::kernel_thread_stat(text);
-    let _ = crate::inject::filesystem_ids(text);
+    let _ = crate::inject::TargetUser::from_status(text);
     let _ = crate::inject::ptrace::tracer_pid(text);
     let _ = crate::precise::peak_rss_from_status(text);
     // The four readers of /proc/PID/maps.

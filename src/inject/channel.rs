@@ -1,11 +1,19 @@
 //! The reply channel: a unix socket in a fresh private directory of the target's own /tmp.
 //!
-//! The tool runs as root against processes of other users, whose users own what is in /tmp. So:
-//! every path step is opened without following links (O_NOFOLLOW), the directory is made fresh
-//! (mkdir fails on anything already there, link or not), then handed to the target's uid with mode
-//! 0700; the socket is bound through the directory's file descriptor, never through a path the
-//! target's user could swap. Only the target itself may connect (SO_PEERCRED), every read is
-//! bounded, and the directory is removed on every path (Drop).
+//! The tool runs as root against processes of other users, and the target decides what its /tmp
+//! is: its user owns entries there, and a target in its own user and mount namespaces can even
+//! bind-mount a root-owned directory over it. So:
+//! - everything the tool creates, changes or removes there (the directory, the socket, a PEP 768
+//!   script, the sweep of a killed run's leftovers) is done with the target's own filesystem uid,
+//!   gid and groups ([`TargetUser::run`]): the kernel allows exactly what the target's user could
+//!   have done itself. A /tmp where that user may not create a directory is refused, and nothing
+//!   is made there; what the tool makes belongs to the target's user from the start, so nothing is
+//!   ever handed over (chown) and no name can be swapped between a creation and a chown;
+//! - every path step is opened without following links (O_NOFOLLOW), the directory is made fresh
+//!   (mkdir fails on anything already there, link or not) with mode 0700, and the socket is bound
+//!   through the directory's file descriptor, never through a path the target's user could swap;
+//! - only the target itself may connect (SO_PEERCRED), every read is bounded, and the directory is
+//!   removed on every path (Drop).
 
 use std::ffi::CString;
 use std::io::Read;
@@ -13,6 +21,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use super::target_user::TargetUser;
 
 /// A listening socket in `/tmp/pymemtrace-XXXXXXXX/s` as the target sees it.
 pub struct Channel {
@@ -23,6 +33,8 @@ pub struct Channel {
     /// The private directory inside the target (its own view of /tmp); the socket is `s` in it.
     pub target_dir: String,
     target_pid: i32,
+    /// Whose rights every change in the target's /tmp is made with.
+    user: TargetUser,
 }
 
 fn os_error(what: &str) -> std::io::Error {
@@ -61,8 +73,9 @@ fn random_suffix() -> String {
 }
 
 impl Channel {
-    /// Makes the private directory in the target's /tmp, owned by `uid`/`gid`, and listens in it.
-    pub fn open(target_pid: i32, uid: u32, gid: u32) -> std::io::Result<Channel> {
+    /// Makes the private directory in the target's /tmp, as the target's user, and listens in it.
+    /// Fails with `PermissionDenied` when that user may not create a directory there.
+    pub fn open(target_pid: i32, user: &TargetUser) -> std::io::Result<Channel> {
         let root = CString::new(format!("/proc/{target_pid}/root")).expect("no NUL");
         // SAFETY: open of a NUL-terminated path; the magic link is followed on purpose (it is the
         // target's root, not something its user can plant).
@@ -78,116 +91,46 @@ impl Channel {
         // SAFETY: root_fd is a fresh descriptor we own.
         let root_fd = unsafe { OwnedFd::from_raw_fd(root_fd) };
         let tmp = open_dir_at(root_fd.as_raw_fd(), "tmp")?;
-        remove_stale(&tmp);
-        let mut attempts = 0;
-        let dir_name = loop {
-            let name = format!("{DIR_PREFIX}{}-{}", std::process::id(), random_suffix());
-            let c_name = CString::new(name.clone()).expect("no NUL");
-            // SAFETY: mkdirat with a valid dirfd; it fails if anything of that name exists.
-            if unsafe { libc::mkdirat(tmp.as_raw_fd(), c_name.as_ptr(), 0o700) } == 0 {
-                break name;
-            }
-            attempts += 1;
-            if attempts >= 8 {
-                return Err(os_error(
-                    "cannot make a private directory in the target's /tmp",
-                ));
-            }
-        };
-        let dir = match open_dir_at(tmp.as_raw_fd(), &dir_name) {
-            Ok(dir) => dir,
-            Err(err) => {
-                remove_dir_at(&tmp, &dir_name);
-                return Err(err);
-            }
-        };
-        let mut channel_parts = (tmp, dir, dir_name);
-        let result = (|| {
-            let (_, dir, _) = &channel_parts;
-            // The directory stays root's until the socket in it is ready, so nobody can swap the
-            // socket for a link between its creation and its chown/chmod.
-            // Bound through our descriptor: the path cannot be swapped under us.
-            let bind_path = format!("/proc/self/fd/{}/s", dir.as_raw_fd());
-            let listener = UnixListener::bind(&bind_path)?;
-            let socket_name = CString::new("s").expect("no NUL");
-            // SAFETY: fchownat/fchmodat on a name in our directory, not following links.
-            unsafe {
-                if libc::fchownat(
-                    dir.as_raw_fd(),
-                    socket_name.as_ptr(),
-                    uid,
-                    gid,
-                    libc::AT_SYMLINK_NOFOLLOW,
-                ) != 0
-                {
-                    return Err(os_error("cannot give the socket to the target's user"));
-                }
-                if libc::fchmodat(dir.as_raw_fd(), socket_name.as_ptr(), 0o600, 0) != 0 {
-                    return Err(os_error("cannot set the socket's mode"));
-                }
-            }
-            // SAFETY: fchown on a descriptor we own.
-            if unsafe { libc::fchown(dir.as_raw_fd(), uid, gid) } != 0 {
-                return Err(os_error(
-                    "cannot give the private directory to the target's user",
-                ));
-            }
-            listener.set_nonblocking(true)?;
-            Ok(listener)
-        })();
-        match result {
-            Ok(listener) => {
-                let (tmp, dir, dir_name) = channel_parts;
-                Ok(Channel {
-                    target_dir: format!("/tmp/{dir_name}"),
-                    tmp,
-                    dir,
-                    dir_name,
-                    listener,
-                    target_pid,
-                })
-            }
-            Err(err) => {
-                let (tmp, dir, dir_name) = &mut channel_parts;
-                remove_contents(dir);
-                remove_dir_at(tmp, dir_name);
-                Err(err)
-            }
-        }
+        let (dir, dir_name, listener) = user.run(|| make_private_socket(&tmp))??;
+        Ok(Channel {
+            target_dir: format!("/tmp/{dir_name}"),
+            tmp,
+            dir,
+            dir_name,
+            listener,
+            target_pid,
+            user: user.clone(),
+        })
     }
 
-    /// Writes `content` to a new file `name` in the private directory, readable by the target's
-    /// user only, and returns its path as the target sees it. O_EXCL|O_NOFOLLOW: the directory is
-    /// already the target user's, so nothing planted there is followed or overwritten.
-    pub fn write_file(
-        &self,
-        name: &str,
-        content: &[u8],
-        uid: u32,
-        gid: u32,
-    ) -> std::io::Result<String> {
+    /// Writes `content` to a new file `name` in the private directory, as the target's user and
+    /// readable by it only, and returns its path as the target sees it. O_EXCL|O_NOFOLLOW: nothing
+    /// the target's user planted there is followed or overwritten.
+    pub fn write_file(&self, name: &str, content: &[u8]) -> std::io::Result<String> {
         let c_name = CString::new(name).expect("no NUL in a fixed name");
-        // SAFETY: openat with a valid dirfd and NUL-terminated name; the fd is owned below.
-        let fd = unsafe {
-            libc::openat(
-                self.dir.as_raw_fd(),
-                c_name.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o400,
-            )
-        };
-        if fd < 0 {
-            return Err(os_error(&format!(
-                "cannot create {name} in the private directory"
-            )));
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        std::io::Write::write_all(&mut file, content)?;
-        // SAFETY: fchown on a descriptor we own.
-        if unsafe { libc::fchown(file.as_raw_fd(), uid, gid) } != 0 {
-            return Err(os_error("cannot give the file to the target's user"));
-        }
+        self.user.run(|| {
+            // SAFETY: openat with a valid dirfd and NUL-terminated name; the fd is owned below.
+            let fd = unsafe {
+                libc::openat(
+                    self.dir.as_raw_fd(),
+                    c_name.as_ptr(),
+                    libc::O_WRONLY
+                        | libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    0o400,
+                )
+            };
+            if fd < 0 {
+                return Err(os_error(&format!(
+                    "cannot create {name} in the private directory"
+                )));
+            }
+            // SAFETY: fd is a fresh descriptor we own.
+            let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            std::io::Write::write_all(&mut file, content)
+        })??;
         Ok(format!("{}/{name}", self.target_dir))
     }
 
@@ -237,6 +180,55 @@ impl Channel {
         // allowance rather than what is left of the wait for it to start.
         let reply = read_reply(&stream, reply_allowance, max_reply)?;
         Ok(Some((reply, stream)))
+    }
+}
+
+/// In `tmp`, as the calling thread's user (the target's): sweeps a killed run's leftovers, makes a
+/// fresh 0700 directory `pymemtrace-<tool pid>-<random>`, and binds a 0600 socket `s` in it.
+fn make_private_socket(tmp: &OwnedFd) -> std::io::Result<(OwnedFd, String, UnixListener)> {
+    remove_stale(tmp);
+    let mut attempts = 0;
+    let dir_name = loop {
+        let name = format!("{DIR_PREFIX}{}-{}", std::process::id(), random_suffix());
+        let c_name = CString::new(name.clone()).expect("no NUL");
+        // SAFETY: mkdirat with a valid dirfd; it fails if anything of that name exists.
+        if unsafe { libc::mkdirat(tmp.as_raw_fd(), c_name.as_ptr(), 0o700) } == 0 {
+            break name;
+        }
+        let err = std::io::Error::last_os_error();
+        attempts += 1;
+        // Only a name already taken is worth another try (a random one: never in practice).
+        if err.kind() != std::io::ErrorKind::AlreadyExists || attempts >= 8 {
+            return Err(std::io::Error::new(
+                err.kind(),
+                format!("cannot make a private directory in the target's /tmp: {err}"),
+            ));
+        }
+    };
+    let made = (|| {
+        let dir = open_dir_at(tmp.as_raw_fd(), &dir_name)?;
+        // Bound through our descriptor: the path cannot be swapped under us. The socket is the
+        // target's user's from its creation; its mode is set as that user, who may change only
+        // what it owns.
+        let bind_path = format!("/proc/self/fd/{}/s", dir.as_raw_fd());
+        let listener = UnixListener::bind(&bind_path)?;
+        let socket_name = CString::new("s").expect("no NUL");
+        // SAFETY: fchmodat on a name in our directory.
+        if unsafe { libc::fchmodat(dir.as_raw_fd(), socket_name.as_ptr(), 0o600, 0) } != 0 {
+            return Err(os_error("cannot set the socket's mode"));
+        }
+        listener.set_nonblocking(true)?;
+        Ok((dir, listener))
+    })();
+    match made {
+        Ok((dir, listener)) => Ok((dir, dir_name, listener)),
+        Err(err) => {
+            if let Ok(dir) = open_dir_at(tmp.as_raw_fd(), &dir_name) {
+                remove_contents(&dir);
+            }
+            remove_dir_at(tmp, &dir_name);
+            Err(err)
+        }
     }
 }
 
@@ -300,7 +292,8 @@ const DIR_PREFIX: &str = "pymemtrace-";
 /// Removes the private directories of earlier runs that were killed before they could clean up
 /// (a killed tool cannot; its helper removes the directory when it runs, but a run killed before
 /// queuing one leaves it). Only directories whose tool PID is gone, only the names the tool
-/// creates in them, never following a link: the directory belongs to the target's user.
+/// creates in them, never following a link, and as the target's user (called from
+/// [`make_private_socket`]): the directories of another user's targets are left to their runs.
 fn remove_stale(tmp: &OwnedFd) {
     let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", tmp.as_raw_fd())) else {
         return;
@@ -353,8 +346,12 @@ fn remove_dir_at(tmp: &OwnedFd, name: &str) {
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        remove_contents(&self.dir);
-        remove_dir_at(&self.tmp, &self.dir_name);
+        // As the target's user, like everything else here. Should even that fail, the helper
+        // (when it runs) or the next run's sweep removes the directory.
+        let _ = self.user.run(|| {
+            remove_contents(&self.dir);
+            remove_dir_at(&self.tmp, &self.dir_name);
+        });
     }
 }
 
@@ -384,9 +381,17 @@ mod tests {
         }
     }
 
+    fn root() -> TargetUser {
+        TargetUser {
+            uid: 0,
+            gid: 0,
+            groups: vec![0],
+        }
+    }
+
     fn own_channel() -> Channel {
-        // Root's own process as the "target": its /tmp is ours, and the uid 0 chown is allowed.
-        Channel::open(std::process::id() as i32, 0, 0).expect("a channel in our own /tmp")
+        // Root's own process as the "target": its /tmp is ours.
+        Channel::open(std::process::id() as i32, &root()).expect("a channel in our own /tmp")
     }
 
     /// Names the stale sweep might take for a killed run's directory, planted by a target's user:
@@ -459,7 +464,7 @@ mod tests {
             } else {
                 std::fs::write(&planted, "theirs\n").unwrap();
             }
-            let written = channel.write_file(SCRIPT_NAME, b"print('ours')\n", 0, 0);
+            let written = channel.write_file(SCRIPT_NAME, b"print('ours')\n");
             assert!(
                 written.is_err(),
                 "the planted {SCRIPT_NAME} was overwritten"

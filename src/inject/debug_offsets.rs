@@ -685,12 +685,14 @@ fn check_pointer(pointer: u64, what: &str) -> Result<()> {
 /// One line of /proc/PID/maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Mapping {
-    start: u64,
-    end: u64,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
     /// The "start-end" text, as /proc/PID/map_files names the mapping.
-    range: String,
-    offset: u64,
-    path: String,
+    pub(crate) range: String,
+    /// Mapped with execute permission.
+    pub(crate) executable: bool,
+    pub(crate) offset: u64,
+    pub(crate) path: String,
 }
 
 pub(crate) fn parse_maps(text: &str) -> Vec<Mapping> {
@@ -713,6 +715,7 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
         range: fields[0].to_string(),
+        executable: fields[1].contains('x'),
         offset: u64::from_str_radix(fields[2], 16).ok()?,
         path: rest.trim_start().to_string(),
     })
@@ -734,15 +737,41 @@ fn proc_error(pid: i32, what: &str, err: &std::io::Error) -> Error {
 /// Where `_PyRuntime` is in one ELF file: its link-time address and the link-time address the
 /// first PT_LOAD segment starts at (page-aligned), or None if the file has neither a `.PyRuntime`
 /// section nor a `_PyRuntime` symbol.
-fn runtime_in_elf(file: File, page_size: u64) -> std::result::Result<Option<(u64, u64)>, String> {
+/// Opens the file behind mapping `m` of `pid` as the target sees it: through
+/// /proc/PID/map_files (which works across mount namespaces and for deleted or replaced files),
+/// else through /proc/PID/root.
+pub(crate) fn open_mapped_file(pid: i32, m: &Mapping) -> std::io::Result<File> {
+    File::open(format!("/proc/{pid}/map_files/{}", m.range)).or_else(|_| {
+        let path = m.path.strip_suffix(" (deleted)").unwrap_or(&m.path);
+        File::open(format!("/proc/{pid}/root{path}"))
+    })
+}
+
+/// The lowest PT_LOAD address of an ELF file, rounded down to a page: what its offset-0 mapping's
+/// start corresponds to, so that start - this is the load bias (0 for a non-PIE executable).
+pub(crate) fn first_load<'data, R: object::ReadRef<'data>>(
+    elf: &ElfFile64<'data, Endianness, R>,
+) -> Option<u64> {
+    let page_size = crate::memory::page_size();
+    let page_size = if page_size.is_power_of_two() {
+        page_size
+    } else {
+        4096
+    };
+    elf.segments()
+        .map(|s| s.address())
+        .min()
+        .map(|lowest| lowest & !(page_size - 1))
+}
+
+fn runtime_in_elf(file: File) -> std::result::Result<Option<(u64, u64)>, String> {
     // ReadCache reads only the parts of the file that are looked at (libpython with debug info is
     // tens of MB).
     let cache = ReadCache::new(file);
     let elf = ElfFile64::<Endianness, _>::parse(&cache).map_err(|e| e.to_string())?;
-    let Some(first_load) = elf.segments().map(|s| s.address()).min() else {
+    let Some(first_load) = first_load(&elf) else {
         return Ok(None);
     };
-    let first_load = first_load & !(page_size - 1);
     // The section is what CPython's own remote debugging looks for (3.14 puts _PyRuntime there on
     // purpose); the symbol covers builds whose linker dropped or renamed the section.
     if let Some(section) = elf.section_by_name(".PyRuntime") {
@@ -771,12 +800,6 @@ pub fn find_runtime(pid: i32) -> Result<u64> {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| p.to_string_lossy().into_owned());
-    // SAFETY: sysconf has no preconditions.
-    let page_size = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 && (n as u64).is_power_of_two() => n as u64,
-        _ => 4096,
-    };
-
     // Candidate files, the executable first, each with its lowest offset-0 mapping.
     let mut candidates: Vec<&Mapping> = Vec::new();
     let mut seen = HashSet::new();
@@ -798,18 +821,14 @@ pub fn find_runtime(pid: i32) -> Result<u64> {
 
     let mut problems = Vec::new();
     for m in candidates {
-        let file = File::open(format!("/proc/{pid}/map_files/{}", m.range)).or_else(|_| {
-            let path = m.path.strip_suffix(" (deleted)").unwrap_or(&m.path);
-            File::open(format!("/proc/{pid}/root{path}"))
-        });
-        let file = match file {
+        let file = match open_mapped_file(pid, m) {
             Ok(file) => file,
             Err(e) => {
                 problems.push(format!("{}: {e}", m.path));
                 continue;
             }
         };
-        match runtime_in_elf(file, page_size) {
+        match runtime_in_elf(file) {
             Ok(Some((vaddr, first_load))) => {
                 let address = m
                     .start
@@ -1607,6 +1626,7 @@ mod tests {
         assert_eq!(m.end, 0x7f0a1c086000);
         assert_eq!(m.range, "7f0a1c000000-7f0a1c086000");
         assert_eq!(m.offset, 0);
+        assert!(!m.executable);
         assert_eq!(m.path, "/opt/my python/libpython3.13.so");
         let anon = parse_maps_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0").unwrap();
         assert_eq!(anon.path, "");

@@ -1,22 +1,28 @@
 //! Running a small stdlib-only Python helper inside a live CPython, from outside (Linux x86_64).
 //!
 //! ../shared/notes/injection.md records what is safe on these machines; this follows it:
-//! 1. a private reply channel in the target's own /tmp ([`channel`]);
-//! 2. the main thread is held with ptrace just long enough to map one page, write a bootstrap
-//!    snippet into it and call `Py_AddPendingCall(PyRun_SimpleString, page)`; its registers and
-//!    vector state are then restored ([`ptrace`]);
+//! 1. a private reply channel in the target's own /tmp, made with the target's own rights
+//!    ([`channel`], [`target_user`]);
+//! 2. the main thread is held with ptrace just long enough to map a few pages, write the stub and
+//!    a bootstrap snippet into them and queue the stub's `run_then_unmap`, which runs the snippet
+//!    with `PyRun_SimpleString` and then unmaps those pages ([`stub`]); its registers and vector
+//!    state are then restored ([`ptrace`]);
 //! 3. the interpreter runs the bootstrap at its next bytecode boundary with the GIL held; it
 //!    connects back, receives the helper's source and request, runs the helper's `main(request)`
 //!    in a fresh namespace and sends the reply.
 //!
 //! Nothing is installed in the target; the helper sees only what it is sent.
 
+mod c_library;
 mod channel;
 pub mod debug_offsets;
 mod gdb;
 pub mod marshal;
 pub(crate) mod ptrace;
 mod stub;
+mod target_user;
+
+pub(crate) use target_user::TargetUser;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -104,32 +110,20 @@ fn helper_error(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::HelperFailed, message)
 }
 
-/// The target's filesystem uid and gid (what its connect() is checked with).
-fn target_ids(pid: i32) -> Result<(u32, u32)> {
+/// The target's filesystem ids and groups: what its connect() is checked with, and whose rights
+/// the reply channel is made with.
+fn target_user(pid: i32) -> Result<TargetUser> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| {
         Error::new(
             ErrorKind::NoSuchProcess,
             format!("PID {pid} exited before the helper could be sent"),
         )
     })?;
-    match filesystem_ids(&status) {
-        Some(ids) => Ok(ids),
-        None => Err(Error::internal(format!(
+    TargetUser::from_status(&status).ok_or_else(|| {
+        Error::internal(format!(
             "cannot read the owner of PID {pid} from /proc/{pid}/status"
-        ))),
-    }
-}
-
-/// The filesystem uid and gid (4th figure of the Uid: and Gid: lines) of /proc/PID/status text.
-pub(crate) fn filesystem_ids(status: &str) -> Option<(u32, u32)> {
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().nth(3))
-            .and_then(|v| v.parse::<u32>().ok())
-    };
-    Some((field("Uid:")?, field("Gid:")?))
+        ))
+    })
 }
 
 /// The addresses to call, from the interpreter's symbols.
@@ -140,6 +134,8 @@ struct Interpreter {
     run_simple_string: u64,
     /// For a direct call (3.4+).
     gil: Option<GilFunctions>,
+    /// The C library's munmap, with which a pending call frees its own pages (0: not found).
+    munmap: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -163,6 +159,7 @@ impl Interpreter {
             run_simple_string: self.run_simple_string,
             gil_ensure: gil.ensure,
             gil_release: gil.release,
+            munmap: self.munmap,
         }
     }
 }
@@ -203,6 +200,7 @@ fn find_interpreter(pid: i32, helper: &Helper) -> Result<Interpreter> {
             add_pending_call: 0,
             run_simple_string: 0,
             gil: None,
+            munmap: 0,
         });
     }
     let symbol = |name: &str| info.get_symbol(name).copied();
@@ -223,6 +221,7 @@ fn find_interpreter(pid: i32, helper: &Helper) -> Result<Interpreter> {
                 }),
                 _ => None,
             },
+            munmap: c_library::function(pid, "munmap").unwrap_or(0),
         }),
         _ => Err(Error::new(
             ErrorKind::NotPython,
@@ -233,7 +232,9 @@ fn find_interpreter(pid: i32, helper: &Helper) -> Result<Interpreter> {
     }
 }
 
-/// A Python string literal for `text` (ASCII only, so it reads the same on 2.7 and 3.x).
+/// A Python string literal for `text`, in ASCII. Control characters (the newlines of a helper's
+/// source) are `\xNN`, which 2.7's byte strings read as 3.x's strings do (2.7 leaves `\u` in a
+/// plain literal as it is, which turned a whole helper into one comment line there).
 fn python_literal(text: &str) -> String {
     let mut literal = String::from("'");
     for c in text.chars() {
@@ -241,6 +242,7 @@ fn python_literal(text: &str) -> String {
             '\\' => literal.push_str("\\\\"),
             '\'' => literal.push_str("\\'"),
             ' '..='~' => literal.push(c),
+            _ if (c as u32) < 0x80 => literal.push_str(&format!("\\x{:02x}", c as u32)),
             _ => literal.push_str(&format!("\\u{:04x}", c as u32)),
         }
     }
@@ -548,6 +550,15 @@ fn deliver(
     held.run_stub(page, stub::ENTRY_PENDING, ptrace::CALL_TIMEOUT)
         .map_err(fail)?;
     let queued = result()?;
+    if queued as u32 as i32 != 0 {
+        // Nothing was queued, so nothing will free the pages: do it now, while we hold the thread.
+        held.syscall(
+            syscall_at,
+            ptrace::SYS_MUNMAP,
+            [page, layout.length, 0, 0, 0, 0],
+        )
+        .map_err(fail)?;
+    }
     held.release(pending_after).map_err(fail)?;
     if queued as u32 as i32 != 0 {
         return Err(helper_error(format!(
@@ -576,9 +587,8 @@ fn remote_exec(
             .to_lowercase(),
         ));
     }
-    let (uid, gid) = target_ids(pid)?;
     let path = channel
-        .write_file(channel::SCRIPT_NAME, snippet.as_bytes(), uid, gid)
+        .write_file(channel::SCRIPT_NAME, snippet.as_bytes())
         .map_err(|err| {
             helper_error(format!(
                 "cannot write the helper script for PID {pid}: {err}"
@@ -654,11 +664,25 @@ pub fn run_helper_with<T>(
     crate::target::check_process(pid)?;
     refuse_stopped(pid)?;
     let interpreter = find_interpreter(pid, helper)?;
-    let (uid, gid) = target_ids(pid)?;
-    let channel = channel::Channel::open(pid, uid, gid).map_err(|err| {
-        helper_error(format!(
-            "cannot make the reply channel in PID {pid}'s /tmp ({err}); the target was not touched"
-        ))
+    let user = target_user(pid)?;
+    let channel = channel::Channel::open(pid, &user).map_err(|err| {
+        if err.kind() == std::io::ErrorKind::PermissionDenied {
+            // Its /tmp is a directory its user may not write to (a mount of another user's
+            // directory in its own namespaces, a read-only or root-only /tmp): the channel is
+            // made only with the target's own rights (channel.rs), so not there.
+            helper_error(format!(
+                "PID {pid}'s user (uid {}) may not create a directory in the /tmp it sees, so \
+                 the reply channel cannot be made there; nothing was created and the target was \
+                 not touched (`pymemtrace attach --pid {pid}` reads it from outside, without a \
+                 helper)",
+                user.uid
+            ))
+        } else {
+            helper_error(format!(
+                "cannot make the reply channel in PID {pid}'s /tmp ({err}); the target was not \
+                 touched"
+            ))
+        }
     })?;
     let snippet = BOOTSTRAP
         .replace("@PATH@", &python_literal(&channel.target_dir))
@@ -715,8 +739,8 @@ pub fn run_helper_with<T>(
             helper_error(format!(
                 "the {} helper did not run within {:.0} s: PID {pid}'s main thread is {} (no \
                  direct call: {not_direct}). It stays queued and runs when that thread next runs \
-                 Python code; it will then find nobody listening and do nothing (one page of \
-                 memory stays mapped). Try a longer --timeout, or a moment when the program is \
+                 Python code; it will then find nobody listening, do nothing and free its \
+                 memory. Try a longer --timeout, or a moment when the program is \
                  active.",
                 helper.name,
                 options.timeout.as_secs_f64(),
@@ -782,7 +806,7 @@ mod tests {
         let request = serde_json::json!({"a": [1, true, null, "x\n"], "b": 1.5});
         assert_eq!(
             super::python_value(&request),
-            "{'a': [1, True, None, 'x\\u000a'], 'b': 1.5}"
+            "{'a': [1, True, None, 'x\\x0a'], 'b': 1.5}"
         );
     }
 }

@@ -7,16 +7,19 @@
     .text
     .globl _start
 _start:
+# The page's own start (a local label: rip-relative references to the global _start would be left
+# to a linker, and this object is never linked).
+page:
 # 0x00: check = PyGILState_Check()
 check:
     call [rip + fn_check]
     mov [rip + result], rax
     jmp resume
     .org 0x20
-# 0x20: result = Py_AddPendingCall(PyRun_SimpleString, code)
+# 0x20: result = Py_AddPendingCall(run_then_unmap, page)
 pending:
-    mov rdi, [rip + fn_run]
-    mov rsi, [rip + code_ptr]
+    lea rdi, [rip + run_then_unmap]
+    lea rsi, [rip + page]
     call [rip + fn_add_pending]
     mov [rip + result], rax
     jmp resume
@@ -67,6 +70,25 @@ resume:
     mov r15, [rip + registers + 0x70]
     mov rsp, [rip + saved_rsp]
     jmp [rip + saved_rip]
+    .org 0x140
+# 0x140: the pending call itself, int run_then_unmap(void *page), run by the interpreter in the
+# main thread at a bytecode boundary, with the GIL: PyRun_SimpleString(code), then these pages are
+# freed (nothing needs them once the code has run), by a tail call to the C library's munmap:
+# munmap(page, length) returns its 0 straight to the interpreter, never into the pages it just
+# removed. Without a munmap (fn_munmap 0), the pages stay and this returns 0 itself.
+run_then_unmap:
+    push rdi
+    mov rdi, [rip + code_ptr]
+    call [rip + fn_run]
+    pop rdi
+    mov rsi, [rip + region_length]
+    mov rax, [rip + fn_munmap]
+    test rax, rax
+    jz 1f
+    jmp rax
+1:
+    xor eax, eax
+    ret
     .org 0x180
 # 0x180: data, written by the tool
 fn_check:       .quad 0
@@ -79,6 +101,8 @@ result:         .quad 0
 gil_state:      .quad 0
 saved_rsp:      .quad 0
 saved_rip:      .quad 0
+fn_munmap:      .quad 0
+region_length:  .quad 0
     .org 0x1e0
 # 0x1e0: rax rbx rcx rdx rsi rdi rbp r8-r15 rflags (16 quads)
 registers:

@@ -16,6 +16,14 @@
 //!
 //! Both paths resume the thread with the same registers ([`Layout::write_resume`]), so the target
 //! ends up the same whether or not the tool survives.
+//!
+//! The pages cannot be unmapped when the thread is let go after a pending call: the queued call
+//! runs later, with the bootstrap text still in them. So the call queued is not
+//! `PyRun_SimpleString` itself but the stub's `run_then_unmap`, which runs it and then frees these
+//! pages by a tail call to the C library's `munmap` (see stub.S): whenever and however the
+//! queued call runs (the tool waiting, timed out or killed), nothing of the injection stays
+//! mapped after it. No page outlives its call, so no later run ever has to find, trust or reuse
+//! one. Pages stay only while a call is still queued, or where no `munmap` was found.
 
 use crate::inject::ptrace;
 
@@ -26,6 +34,10 @@ const STUB: &[u8] = include_bytes!("stub.bin");
 pub const ENTRY_CHECK: u64 = 0x00;
 pub const ENTRY_PENDING: u64 = 0x20;
 pub const ENTRY_DIRECT: u64 = 0x50;
+/// The function the pending call queues: `int run_then_unmap(void *page)` (the stub takes its
+/// address itself; named here for the test that checks the source).
+#[cfg(test)]
+const RUN_THEN_UNMAP: u64 = 0x140;
 /// Where rip points when `resume` stops on its own signal (just after the tgkill `syscall`).
 pub const RESUME_STOP: u64 = 0xae;
 /// The signal `resume` sends its own thread: ignored by default, so harmless with nobody tracing;
@@ -44,6 +56,8 @@ const SAVED_RSP: usize = 0x1c0;
 const SAVED_RIP: usize = 0x1c8;
 // write_resume writes the stack pointer and rip together.
 const _: () = assert!(SAVED_RIP == SAVED_RSP + 8);
+const FN_MUNMAP: usize = 0x1d0;
+const REGION_LENGTH: usize = 0x1d8;
 const REGISTERS: usize = 0x1e0;
 /// The XSAVE area must be 64-byte aligned for `xrstor`.
 const XSAVE: usize = 0x280;
@@ -56,6 +70,9 @@ pub struct Functions {
     pub run_simple_string: u64,
     pub gil_ensure: u64,
     pub gil_release: u64,
+    /// The C library's `munmap`, with which a pending call frees its pages once it has run; 0 if
+    /// none was found (the pages then stay).
+    pub munmap: u64,
 }
 
 /// Where things go in the page, for a given vector-state size and snippet.
@@ -88,6 +105,8 @@ impl Layout {
         put(FN_ENSURE, functions.gil_ensure);
         put(FN_RELEASE, functions.gil_release);
         put(CODE_PTR, page + self.code_offset as u64);
+        put(FN_MUNMAP, functions.munmap);
+        put(REGION_LENGTH, self.length);
         image[XSAVE..XSAVE + xstate.len()].copy_from_slice(xstate);
         image[self.code_offset..self.code_offset + code.len()].copy_from_slice(code);
         image
@@ -150,6 +169,10 @@ mod tests {
         assert_eq!(&image[..0x10], &STUB[..0x10]);
         assert_eq!(image[FN_RUN..FN_RUN + 8], 0x1234u64.to_ne_bytes());
         assert_eq!(
+            image[REGION_LENGTH..REGION_LENGTH + 8],
+            layout.length.to_ne_bytes()
+        );
+        assert_eq!(
             image[CODE_PTR..CODE_PTR + 8],
             (0x7000_0000 + layout.code_offset as u64).to_ne_bytes()
         );
@@ -181,6 +204,15 @@ mod tests {
             .unwrap();
         assert!(copied.success());
         assert_eq!(std::fs::read(binary).unwrap(), STUB);
+        // Every address is rip-relative to the page itself: a reference left for a linker (this
+        // object is never linked) would assemble to a wrong displacement without any error.
+        let relocations = std::process::Command::new("objdump")
+            .arg("-r")
+            .arg(&object)
+            .output()
+            .unwrap();
+        let relocations = String::from_utf8_lossy(&relocations.stdout);
+        assert!(!relocations.contains("R_X86_64"), "{relocations}");
         // The offsets above name the stub's own labels.
         let symbols = std::process::Command::new("nm")
             .arg(&object)
@@ -191,6 +223,9 @@ mod tests {
             ("check", ENTRY_CHECK as usize),
             ("pending", ENTRY_PENDING as usize),
             ("direct", ENTRY_DIRECT as usize),
+            ("run_then_unmap", RUN_THEN_UNMAP as usize),
+            ("fn_munmap", FN_MUNMAP),
+            ("region_length", REGION_LENGTH),
             ("result", RESULT as usize),
             ("saved_rsp", SAVED_RSP),
             ("registers", REGISTERS),

@@ -12,6 +12,8 @@ _NO_SIGNAL = getattr(_socket, "MSG_NOSIGNAL", 0)
 def _quickly(call, *args):
     # connect and send give the GIL away; with other threads wanting it, taking it back waits a
     # switch interval (5 ms) per rival. A short interval for just that wait, then the old one.
+    if not hasattr(sys, "setswitchinterval"):
+        return call(*args)  # Python 2 switches threads by bytecode count: nothing to shorten
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0002)
     try:
