@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -582,6 +582,8 @@ fn validate(args: &AttachArgs) -> Result<()> {
 }
 
 fn attach(args: AttachArgs) -> Result<()> {
+    // `--duration` is wall time from here, whatever finding and checking the target costs.
+    let started = Instant::now();
     validate(&args)?;
     let outputs = args
         .outputs
@@ -598,7 +600,7 @@ fn attach(args: AttachArgs) -> Result<()> {
         }
         pymemtrace::precise::check_engine(engine(args.precise_engine))?;
     }
-    attach_and_report(&args, &outputs)
+    attach_and_report(&args, &outputs, started)
 }
 
 fn engine(arg: EngineArg) -> pymemtrace::precise::Engine {
@@ -609,7 +611,7 @@ fn engine(arg: EngineArg) -> pymemtrace::precise::Engine {
     }
 }
 
-fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
+fn attach_and_report(args: &AttachArgs, outputs: &[Output], started: Instant) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -651,10 +653,15 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
         eprintln!("{warning}");
     }
 
+    // What is left of `--duration` once the target was found (at least a millisecond, so that
+    // the report still says "duration reached").
+    let remaining = args
+        .duration
+        .map(|d| (d - started.elapsed().as_secs_f64()).max(0.001));
     let settings = Settings {
         rate: args.rate,
         max_rate: args.max_rate,
-        duration: args.duration.map(Duration::from_secs_f64),
+        duration: remaining.map(Duration::from_secs_f64),
         threads: args.threads,
         idle: args.idle,
         policy: match args.charge {
@@ -696,7 +703,7 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
         pymemtrace::precise::run(
             &pymemtrace::precise::Options {
                 pid: target.pid,
-                duration: args.duration,
+                duration: remaining,
                 depth: args.depth,
                 threads: args.threads,
                 engine: engine(args.precise_engine),

@@ -5,12 +5,15 @@
 
 use std::path::Path;
 use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use py_spy::config::{LineNo, LockingStrategy};
 use py_spy::{Config, PythonSpy};
 
 use crate::error::{Error, ErrorKind, Result};
+
+pub mod walk;
 
 /// How the stacks are to be read.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,7 +30,9 @@ pub struct Target {
     pub command_line: String,
     pub executable: String,
     pub python_version: String,
-    pub spy: PythonSpy,
+    /// Shared with the thread that reads stacks (src/sampler/worker.rs), which may still be in a
+    /// read when the sampling loop ends.
+    pub spy: Arc<Mutex<PythonSpy>>,
     /// Set in spawn mode: the child we started and must reap.
     pub child: Option<Child>,
 }
@@ -268,7 +273,7 @@ fn describe(pid: i32, spy: PythonSpy, child: Option<Child>) -> Target {
         command_line: command_line(pid),
         executable,
         python_version: spy.version.to_string(),
-        spy,
+        spy: Arc::new(Mutex::new(spy)),
         child,
     }
 }
@@ -276,6 +281,8 @@ fn describe(pid: i32, spy: PythonSpy, child: Option<Child>) -> Target {
 /// Attaches to a running process.
 pub fn attach(pid: i32, options: SpyOptions) -> Result<Target> {
     check_process(pid)?;
+    // Before py-spy: a crafted thread list would keep it busy for minutes (walk.rs).
+    walk::check_before_attach(pid)?;
     let config = spy_config(options);
     // A few quick retries ride over the transient read errors seen while a target starts or forks.
     let mut last_error = None;
@@ -309,6 +316,8 @@ pub fn spawn(command: &[String], options: SpyOptions) -> Result<Target> {
     let started = Instant::now();
     loop {
         // Polled at 1 ms so that as little as possible of the program runs before the first sample.
+        // The program is no more trusted than any target: its thread list is checked first.
+        walk::check_before_attach(pid).inspect_err(|_| stop_child(&mut child))?;
         let attempt = PythonSpy::new(pid, &config).and_then(|mut spy| {
             spy.get_stack_traces()?;
             Ok(spy)
