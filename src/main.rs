@@ -623,8 +623,9 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output], started: Instant) ->
         blocking: args.blocking,
         thread_names: args.threads,
     };
+    let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
     let mut target = match args.pid {
-        Some(pid) => target::attach(pid, spy_options)?,
+        Some(pid) => target::attach_within(pid, spy_options, deadline, &stop)?,
         None => target::spawn(&args.command, spy_options)?,
     };
     let mut meta = Meta {

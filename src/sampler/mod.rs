@@ -493,9 +493,12 @@ pub fn run(
             let outcome = match reader.read(deadline, stop) {
                 worker::Waited::Done(outcome) => outcome,
                 worker::Waited::Deadline(took) | worker::Waited::Stopped(took) => {
-                    rec.recovery.slow_reads += 1;
+                    // Abandoned: a tick lost to a slow read, unless it had only just begun.
+                    if took > floor_interval {
+                        rec.recovery.slow_reads += 1;
+                        rec.lost += 1;
+                    }
                     rec.recovery.longest_read = rec.recovery.longest_read.max(took);
-                    rec.lost += 1;
                     continue;
                 }
             };

@@ -5,7 +5,8 @@
 
 use std::path::Path;
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use py_spy::config::{LineNo, LockingStrategy};
@@ -296,6 +297,55 @@ pub fn attach(pid: i32, options: SpyOptions) -> Result<Target> {
     let err = last_error.expect("three attempts were made");
     Err(classify_spy_error(pid, &err))
 }
+
+/// [`attach`], given up at `deadline` or when `stop` is set: finding the interpreter includes
+/// py-spy's first whole read of the stacks, which takes seconds on a target with hundreds of deep
+/// threads, and `--duration` counts from the command's start. The attempt left running reads the
+/// target's memory only, and ends with the process.
+pub fn attach_within(
+    pid: i32,
+    options: SpyOptions,
+    deadline: Option<Instant>,
+    stop: &AtomicBool,
+) -> Result<Target> {
+    let started = Instant::now();
+    let (done, result) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("attach".into())
+        .spawn(move || {
+            let _ = done.send(attach(pid, options));
+        })
+        .map_err(|err| Error::internal(format!("cannot start a thread: {err}")))?;
+    loop {
+        let now = Instant::now();
+        let why = if stop.load(Ordering::Relaxed) {
+            "interrupted"
+        } else if deadline.is_some_and(|d| now >= d) {
+            "--duration reached"
+        } else {
+            let wait = deadline.map_or(STOP_POLL, |d| STOP_POLL.min(d - now));
+            match result.recv_timeout(wait) {
+                Ok(attached) => return attached,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::internal(format!("attaching to PID {pid} failed")))
+                }
+            }
+        };
+        return Err(Error::new(
+            ErrorKind::NotPython,
+            format!(
+                "PID {pid}: {why} before its Python stacks could be read (the first read was \
+                 still running after {:.1} s: a target with many deep threads needs a longer \
+                 --duration)",
+                started.elapsed().as_secs_f64()
+            ),
+        ));
+    }
+}
+
+/// How often [`attach_within`] looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(20);
 
 /// How long a spawned program may take before its interpreter is readable.
 const SPAWN_READY_TIMEOUT: Duration = Duration::from_secs(10);
