@@ -654,11 +654,14 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output], started: Instant) ->
         eprintln!("{warning}");
     }
 
-    // What is left of `--duration` once the target was found (at least a millisecond, so that
-    // the report still says "duration reached").
-    let remaining = args
-        .duration
-        .map(|d| (d - started.elapsed().as_secs_f64()).max(0.001));
+    // What is left of `--duration` once the target was found, in whole milliseconds (at least
+    // one, so that the report still says "duration reached").
+    let remaining = args.duration.map(|d| {
+        ((d - started.elapsed().as_secs_f64()) * 1000.0)
+            .round()
+            .max(1.0)
+            / 1000.0
+    });
     let settings = Settings {
         rate: args.rate,
         max_rate: args.max_rate,

@@ -427,8 +427,7 @@ pub fn run(
     // sleep before the next read is charged with what it ran, not with its sleep.
     let mut recent_stacks = RecentStacks::default();
     let mut thread_ids = thread_ids::ThreadIdResolver::default();
-    let mut reader = worker::ReadThread::start(target.spy.clone())
-        .map_err(|err| Error::internal(format!("cannot start the stack-reading thread: {err}")))?;
+    let mut reader = worker::ReadThread::start(target.spy.clone());
     let mut by_thread = false;
     let mut last_progress = start;
     let mut last_loop = start;

@@ -125,13 +125,17 @@ impl Reader {
         self.trust == Trust::Checked
     }
 
-    /// Reads every thread's stack: whole, else after a few retries, else from the threads after
-    /// the one that cannot be read. Returns the last error when nothing could be read.
-    ///
-    /// The thread list is walked first (one pointer per thread state, a few microseconds): a list
-    /// that loops is never handed to py-spy, which would read every stack up to 4096 times.
-    pub fn read(&mut self, spy: &mut PythonSpy) -> Result<Read, ReadError> {
+    /// Walks the thread list first, before each read (one pointer per thread state, a few
+    /// microseconds): a list that loops is never handed to py-spy, which would read every stack
+    /// up to 4096 times. Says how many thread states it has.
+    pub fn walk_list(&mut self, spy: &PythonSpy) -> Result<usize, ReadError> {
         self.check_list(spy).map_err(ReadError::Corrupt)?;
+        Ok(self.states.len())
+    }
+
+    /// Reads every thread's stack, once [`Reader::walk_list`] has walked the list: whole, else
+    /// after a few retries, else from the threads after the one that cannot be read.
+    pub fn read_walked(&mut self, spy: &mut PythonSpy) -> Result<Read, ReadError> {
         let started = Instant::now();
         let mut last_error = None;
         for attempt in 0..FULL_ATTEMPTS {
@@ -200,7 +204,7 @@ impl Reader {
 
     /// The addresses of the thread states in the list, head first, as far as they can be read
     /// (empty when the list loops: [`Reader::read`] has refused such a target already).
-    fn thread_states(&mut self, spy: &PythonSpy, layout: ListLayout) -> Vec<usize> {
+    fn list(&mut self, spy: &PythonSpy, layout: ListLayout) -> Vec<usize> {
         let head = (spy.addresses.interpreter_address + layout.head) as u64;
         let mut states = Vec::new();
         let mut read = |address| walk::pointer(&spy.process, address);
@@ -234,7 +238,7 @@ impl Reader {
     ) -> Option<(Vec<StackTrace>, usize)> {
         let layout = self.layout?;
         let start = Instant::now();
-        let states = self.thread_states(spy, layout);
+        let states = self.list(spy, layout);
         for (index, &state) in states.iter().enumerate().take(MAX_SKIPPED) {
             if start.elapsed() > RECOVERY_BUDGET {
                 break;
@@ -259,7 +263,7 @@ impl Reader {
         if whole.len() < 2 {
             return;
         }
-        let states = self.thread_states(spy, layout);
+        let states = self.list(spy, layout);
         let agrees = states.len() == whole.len()
             && Self::read_from(spy, layout, states[0]).is_ok_and(|rest| {
                 rest.iter()
