@@ -2,8 +2,8 @@
 //! `--duration` and Ctrl-C whatever a read costs.
 //!
 //! A read is several reads of the target's memory per frame: 300 threads 500 frames deep take
-//! seconds, and the target decides how deep its threads are. The loop hands each read to this
-//! thread and waits for it, looking at the stop flag and the deadline meanwhile; a read still
+//! seconds, and the target decides how deep its threads are. The loop hands each costly read to
+//! this thread and waits for it, looking at the stop flag and the deadline meanwhile; a read still
 //! running when either comes is abandoned: the loop reports what it has, and the thread ends with
 //! the process (it only reads the target's memory: there is nothing to undo).
 
@@ -42,9 +42,12 @@ pub enum Waited {
 /// RSS change is charged to. A target with more than this many thread states, or whose last read
 /// took longer than [`INLINE_MAX_READ`], is read on the other thread. So an inline read can
 /// overrun the deadline by at most one read of this many threads (py-spy stops at 4096 frames
-/// each: well under a second).
+/// each).
 const INLINE_MAX_THREADS: usize = 8;
 const INLINE_MAX_READ: Duration = Duration::from_millis(20);
+
+/// The other thread's ends: requests (when asked) and outcomes (with the thread states walked).
+type Channel = (mpsc::Sender<Instant>, mpsc::Receiver<(Outcome, usize)>);
 
 pub struct ReadThread {
     spy: Arc<Mutex<PythonSpy>>,
@@ -52,7 +55,7 @@ pub struct ReadThread {
     /// Whether the next read may be made inline (see [`INLINE_MAX_THREADS`]).
     inline: bool,
     /// The other thread, started at the first read made there.
-    thread: Option<(mpsc::Sender<Instant>, mpsc::Receiver<(Outcome, usize)>)>,
+    thread: Option<Channel>,
 }
 
 /// A whole read on the calling thread (the list walked, then py-spy), and the number of thread
@@ -84,8 +87,7 @@ impl ReadThread {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn spawn(&self) -> std::io::Result<(mpsc::Sender<Instant>, mpsc::Receiver<(Outcome, usize)>)> {
+    fn spawn(&self) -> std::io::Result<Channel> {
         let (requests, requested) = mpsc::channel::<Instant>();
         let (done, results) = mpsc::channel();
         let (spy, reader) = (self.spy.clone(), self.reader.clone());
