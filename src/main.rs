@@ -2,6 +2,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -603,6 +604,8 @@ fn validate(args: &AttachArgs) -> Result<()> {
 }
 
 fn attach(args: AttachArgs) -> Result<()> {
+    // `--duration` is wall time from here, whatever finding and checking the target costs.
+    let started = Instant::now();
     validate(&args)?;
     let outputs = args
         .outputs
@@ -619,7 +622,7 @@ fn attach(args: AttachArgs) -> Result<()> {
         }
         pymemtrace::precise::check_engine(engine(args.precise_engine))?;
     }
-    attach_and_report(&args, &outputs)
+    attach_and_report(&args, &outputs, started)
 }
 
 fn engine(arg: EngineArg) -> pymemtrace::precise::Engine {
@@ -630,15 +633,16 @@ fn engine(arg: EngineArg) -> pymemtrace::precise::Engine {
     }
 }
 
-fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
+fn attach_and_report(args: &AttachArgs, outputs: &[Output], started: Instant) -> Result<()> {
     let stop = pymemtrace::signals::stop_flag();
 
     let spy_options = SpyOptions {
         blocking: args.blocking,
         thread_names: args.threads,
     };
+    let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
     let mut target = match args.pid {
-        Some(pid) => target::attach(pid, spy_options)?,
+        Some(pid) => target::attach_within(pid, spy_options, deadline, &stop)?,
         None => target::spawn(&args.command, spy_options)?,
     };
     let mut meta = Meta {
@@ -667,10 +671,18 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
         eprintln!("{warning}");
     }
 
+    // What is left of `--duration` once the target was found, in whole milliseconds (at least
+    // one, so that the report still says "duration reached").
+    let remaining = args.duration.map(|d| {
+        ((d - started.elapsed().as_secs_f64()) * 1000.0)
+            .round()
+            .max(1.0)
+            / 1000.0
+    });
     let settings = Settings {
         rate: args.rate,
         max_rate: args.max_rate,
-        duration: options::optional_seconds("--duration", args.duration)?,
+        duration: remaining.map(Duration::from_secs_f64),
         threads: args.threads,
         idle: args.idle,
         policy: match args.charge {
@@ -712,7 +724,7 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output]) -> Result<()> {
         pymemtrace::precise::run(
             &pymemtrace::precise::Options {
                 pid: target.pid,
-                duration: args.duration,
+                duration: remaining,
                 depth: args.depth,
                 threads: args.threads,
                 engine: engine(args.precise_engine),

@@ -35,6 +35,7 @@ use crate::dtrace::offsets::{FrameLayout, ThreadSelf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::memory::RssReader;
 use crate::sampler::{EndReason, Recording};
+use crate::target::walk::{self, Corrupt, Walker};
 
 /// What the report says when this engine ran and counted faults in kernel mode too.
 pub const MODE: &str = "precise (perf_event_open page-fault sampling)";
@@ -201,6 +202,7 @@ struct Reader {
     /// Where glibc's `struct pthread` keeps the kernel thread id (3.8-3.10, whose thread states
     /// know only the pthread_t); found by [`Reader::calibrate`].
     pthread_tid: Option<u64>,
+    walker: Walker,
 }
 
 impl Reader {
@@ -208,26 +210,30 @@ impl Reader {
         self.namer.layout
     }
 
-    /// (thread id field, thread state) of every thread state of the main interpreter.
-    fn thread_states(&self) -> Vec<(u64, u64)> {
+    /// (thread id field, thread state) of every thread state of the main interpreter. The list
+    /// is the target's: walked with a visited set and a cap, and a loop is an error once seen on
+    /// a few walks in a row (src/target/walk.rs).
+    fn thread_states(&mut self) -> std::result::Result<Vec<(u64, u64)>, Corrupt> {
         let layout = self.layout();
-        let mut out = Vec::new();
         let Some(interp) = self.namer.u64_at(self.runtime + layout.runtime_interp_main) else {
-            return out;
+            return Ok(Vec::new());
         };
-        let mut ts = self
-            .namer
-            .u64_at(interp + layout.interp_threads_head)
-            .unwrap_or(0);
-        // Bounded: a list being changed under us must not loop forever.
-        while ts != 0 && out.len() < 4096 {
-            let Some(id) = self.namer.u64_at(ts + layout.tstate_thread_id) else {
-                break;
-            };
-            out.push((id, ts));
-            ts = self.namer.u64_at(ts + layout.tstate_next).unwrap_or(0);
-        }
-        out
+        let namer = &self.namer;
+        let walker = &mut self.walker;
+        let mut read = |address| namer.u64_at(address);
+        let mut states = Vec::new();
+        walk::confirmed(|| {
+            walker.thread_states(
+                &mut read,
+                interp + layout.interp_threads_head,
+                layout.tstate_next,
+                &mut states,
+            )
+        })?;
+        Ok(states
+            .into_iter()
+            .map_while(|ts| Some((namer.u64_at(ts + layout.tstate_thread_id)?, ts)))
+            .collect())
     }
 
     /// 3.8-3.10: finds the offset of `tid` in glibc's `struct pthread` (0x2d0 on x86-64 glibc
@@ -239,6 +245,7 @@ impl Reader {
         }
         let states: Vec<u64> = self
             .thread_states()
+            .unwrap_or_default()
             .into_iter()
             .map(|(id, _)| id)
             .filter(|&id| id != 0)
@@ -260,9 +267,12 @@ impl Reader {
     }
 
     /// Thread state of each kernel thread id that has one.
-    fn states_by_tid(&self) -> HashMap<i32, u64> {
+    fn states_by_tid(&mut self) -> Result<HashMap<i32, u64>> {
         let mut out = HashMap::new();
-        for (id, ts) in self.thread_states() {
+        let states = self
+            .thread_states()
+            .map_err(|corrupt| corrupt.error(self.namer.pid))?;
+        for (id, ts) in states {
             let tid = match self.layout().thread_self {
                 ThreadSelf::NativeId => Some(id as i32),
                 ThreadSelf::PthreadFsBase => self.pthread_tid.and_then(|offset| {
@@ -274,7 +284,7 @@ impl Reader {
                 out.insert(tid, ts);
             }
         }
-        out
+        Ok(out)
     }
 
     /// The code objects of thread state `ts`'s frames, innermost first (up to the depth), and
@@ -405,6 +415,7 @@ pub fn run(options: &super::Options, mode: &'static str, stop: &AtomicBool) -> R
         runtime,
         depth: options.depth,
         pthread_tid: None,
+        walker: Walker::default(),
     };
     let mut rss = RssReader::open(pid).map_err(|e| {
         Error::new(
@@ -516,7 +527,7 @@ pub fn run(options: &super::Options, mode: &'static str, stop: &AtomicBool) -> R
         }
         let read_any = pending.values().any(|times| !times.is_empty());
         if read_any {
-            let states = reader.states_by_tid();
+            let states = reader.states_by_tid()?;
             for (&tid, times) in pending.iter().filter(|(_, t)| !t.is_empty()) {
                 let now = monotonic_ns();
                 if let Some(&oldest) = times.iter().min() {
@@ -568,7 +579,7 @@ pub fn run(options: &super::Options, mode: &'static str, stop: &AtomicBool) -> R
                 let expected = rss_start as i64 + profile.overall().net();
                 let gap = now as i64 - expected;
                 if gap.abs() >= DEAD_BAND {
-                    let states = reader.states_by_tid();
+                    let states = reader.states_by_tid()?;
                     let now = monotonic_ns();
                     let mut weights = Vec::new();
                     for tid in task_ids(pid) {

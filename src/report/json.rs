@@ -87,6 +87,8 @@ pub fn to_value(meta: &Meta, recording: &Recording) -> Value {
         "partial_samples": recording.recovery.partial,
         "threads_skipped": recording.recovery.threads_skipped,
         "per_thread_recovery": recording.recovery.by_thread,
+        "slow_reads": recording.recovery.slow_reads,
+        "longest_read_seconds": recording.recovery.longest_read.as_secs_f64(),
         "rss_polls": recording.rss_polls,
         "threads_without_kernel_id": recording.threads_without_id,
         "late_fraction": recording.late_fraction(),

@@ -65,6 +65,18 @@ pub fn write(
         rate
     )?;
     let recovery = &recording.recovery;
+    if recovery.slow_reads > 0 {
+        // A read that outlasts the sampling interval takes the ticks it covers with it: say so,
+        // or a run that read twice in 3 s would pass for one that lost nothing.
+        writeln!(
+            out,
+            "slow stack reads: {} took longer than the {} sampling interval (longest {:.2} s); \
+             no stack was read meanwhile",
+            thousands(recovery.slow_reads),
+            interval(meta.rate),
+            recovery.longest_read.as_secs_f64(),
+        )?;
+    }
     if recovery.retried + recovery.partial > 0 {
         // Reads that met a thread as it ended: say how they were saved, so that a run with many
         // is not taken for one where every stack came whole at the first try.
@@ -154,6 +166,16 @@ pub fn write(
         }
     }
     Ok(())
+}
+
+/// The sampling interval of `rate` reads per second, as "10 ms".
+fn interval(rate: f64) -> String {
+    let seconds = 1.0 / rate.max(0.001);
+    if seconds >= 1.0 {
+        format!("{seconds:.1} s")
+    } else {
+        format!("{:.0} ms", seconds * 1000.0)
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use py_spy::StackTrace;
 
 mod recover;
 mod thread_ids;
+mod worker;
 
 use std::collections::HashMap;
 
@@ -153,9 +154,16 @@ pub struct Recording {
     pub end: EndReason,
 }
 
-/// Samples that needed more than one whole read: a thread ended while py-spy walked it.
+/// Samples that needed more than one whole read (a thread ended while py-spy walked it), and reads
+/// that took longer than they should.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadRecovery {
+    /// Stack reads that took longer than the sampling interval (1 / `--rate`): while one runs,
+    /// no other stack is read, so the ticks it covers are lost to it. A read abandoned at the
+    /// deadline or at Ctrl-C counts.
+    pub slow_reads: u64,
+    /// The longest stack read (an abandoned one up to when it was abandoned).
+    pub longest_read: Duration,
     /// Samples got by a whole read after one or more whole reads failed.
     pub retried: u64,
     /// Samples read from the threads after one that could not be read (the rest left out).
@@ -330,11 +338,16 @@ fn fill_thread_ids(
         return;
     }
     let pid = target.pid as u64;
-    let mut found = resolver.resolve(&target.spy.process, pid, &missing, faults);
+    // No read is running (the loop waits for each), so the lock is free.
+    let spy = target
+        .spy
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut found = resolver.resolve(&spy.process, pid, &missing, faults);
     if found.len() < missing.len() {
         // A thread newer than the last scan of the thread list: scan now.
         faults.rescan();
-        found = resolver.resolve(&target.spy.process, pid, &missing, faults);
+        found = resolver.resolve(&spy.process, pid, &missing, faults);
     }
     for trace in traces.iter_mut().filter(|t| t.os_thread_id.is_none()) {
         trace.os_thread_id = found.get(&trace.thread_id).copied();
@@ -412,7 +425,8 @@ pub fn run(
     // sleep before the next read is charged with what it ran, not with its sleep.
     let mut recent_stacks = RecentStacks::default();
     let mut thread_ids = thread_ids::ThreadIdResolver::default();
-    let mut reader = recover::Reader::new(&target.spy);
+    let mut reader = worker::ReadThread::start(target.spy.clone());
+    let mut by_thread = false;
     let mut last_progress = start;
     let mut last_loop = start;
 
@@ -471,8 +485,26 @@ pub fn run(
         if (pending != 0 || hot || floor_due) && cap_allows {
             last_read = Some(now);
             // Retried, then read thread by thread: a thread ending mid-read fails py-spy's
-            // whole read (recover.rs).
-            match reader.read(&mut target.spy) {
+            // whole read (recover.rs). On a thread of its own, so that a read of a huge target
+            // cannot hold the loop past the deadline or Ctrl-C (worker.rs).
+            let outcome = match reader.read(deadline, stop) {
+                worker::Waited::Done(outcome) => outcome,
+                worker::Waited::Deadline(took) | worker::Waited::Stopped(took) => {
+                    // Abandoned: a tick lost to a slow read, unless it had only just begun.
+                    if took > floor_interval {
+                        rec.recovery.slow_reads += 1;
+                        rec.lost += 1;
+                    }
+                    rec.recovery.longest_read = rec.recovery.longest_read.max(took);
+                    continue;
+                }
+            };
+            rec.recovery.longest_read = rec.recovery.longest_read.max(outcome.took);
+            if outcome.took > floor_interval {
+                rec.recovery.slow_reads += 1;
+            }
+            by_thread = outcome.by_thread;
+            match outcome.result {
                 Ok(read) => {
                     let mut traces = read.traces;
                     if read.skipped > 0 {
@@ -554,7 +586,10 @@ pub fn run(
                     previous_clock = clock;
                     previous_rss = rss;
                 }
-                Err(_) => {
+                Err(recover::ReadError::Corrupt(corrupt)) => {
+                    return Err(corrupt.error(target.pid));
+                }
+                Err(recover::ReadError::Failed) => {
                     if !crate::target::is_alive(target.pid) {
                         break EndReason::TargetExited;
                     }
@@ -594,7 +629,7 @@ pub fn run(
         rec.changed_bytes += pending.unsigned_abs();
     }
     profile.name_threads();
-    rec.recovery.by_thread = reader.by_thread();
+    rec.recovery.by_thread = by_thread;
     rec.end = end;
     rec.elapsed = start.elapsed();
     rec.profile = profile;

@@ -24,7 +24,8 @@
 use std::time::{Duration, Instant};
 
 use py_spy::{PythonSpy, StackTrace};
-use remoteprocess::ProcessMemory;
+
+use crate::target::walk::{self, Corrupt, Walker};
 
 /// Whole reads tried before reading thread by thread: with a failure rate p per read and about one
 /// failure in ten repeating at once, three reads leave roughly p/100 (measured: reliability.md).
@@ -33,8 +34,9 @@ const FULL_ATTEMPTS: u32 = 3;
 /// up after this long: a read costs 0.1-1 ms, and a stuck tick must not stall the RSS polling.
 const MAX_SKIPPED: usize = 8;
 const RECOVERY_BUDGET: Duration = Duration::from_millis(5);
-/// py-spy's own bound on the length of the thread list.
-const MAX_THREADS: usize = 4096;
+/// No whole read is retried once this long has gone on the read: a target with hundreds of deep
+/// threads takes seconds per read, and a retry would only add seconds more to a late tick.
+const RETRY_BUDGET: Duration = Duration::from_millis(100);
 /// Checks of the offsets (one per successful read with at least two threads, until one agrees).
 /// Under churn a check can see the list change between its two reads; 50 checks that all
 /// disagree mean the offsets are wrong for this build, and recovery stays off.
@@ -82,9 +84,23 @@ enum Trust {
     Off,
 }
 
+/// Why a read gave nothing.
+#[derive(Debug)]
+pub enum ReadError {
+    /// py-spy failed (a thread ending under the read, the target exiting, ...).
+    Failed,
+    /// The target's thread list or frames loop (seen on several walks in a row): no read of it can
+    /// be trusted to end in reasonable time.
+    Corrupt(Corrupt),
+}
+
 pub struct Reader {
     layout: Option<ListLayout>,
+    /// Frame offsets (3.8-3.13), to tell a frame loop from deep recursion when a read fails.
+    frames: Option<(&'static [u64], u64)>,
     trust: Trust,
+    walker: Walker,
+    states: Vec<u64>,
 }
 
 impl Reader {
@@ -92,6 +108,10 @@ impl Reader {
         let layout = layout(spy.version.major, spy.version.minor);
         Reader {
             layout,
+            frames: walk::Offsets::for_version(spy.version.major, spy.version.minor)
+                .and_then(|offsets| offsets.frames),
+            walker: Walker::default(),
+            states: Vec::new(),
             trust: if layout.is_some() {
                 Trust::Unchecked(0)
             } else {
@@ -105,11 +125,23 @@ impl Reader {
         self.trust == Trust::Checked
     }
 
-    /// Reads every thread's stack: whole, else after a few retries, else from the threads after
-    /// the one that cannot be read. Returns the last error when nothing could be read.
-    pub fn read(&mut self, spy: &mut PythonSpy) -> anyhow::Result<Read> {
+    /// Walks the thread list first, before each read (one pointer per thread state, a few
+    /// microseconds): a list that loops is never handed to py-spy, which would read every stack
+    /// up to 4096 times. Says how many thread states it has.
+    pub fn walk_list(&mut self, spy: &PythonSpy) -> Result<usize, ReadError> {
+        self.check_list(spy).map_err(ReadError::Corrupt)?;
+        Ok(self.states.len())
+    }
+
+    /// Reads every thread's stack, once [`Reader::walk_list`] has walked the list: whole, else
+    /// after a few retries, else from the threads after the one that cannot be read.
+    pub fn read_walked(&mut self, spy: &mut PythonSpy) -> Result<Read, ReadError> {
+        let started = Instant::now();
         let mut last_error = None;
         for attempt in 0..FULL_ATTEMPTS {
+            if attempt > 0 && started.elapsed() > RETRY_BUDGET {
+                break;
+            }
             match spy.get_stack_traces() {
                 Ok(traces) => {
                     if let Trust::Unchecked(_) = self.trust {
@@ -125,8 +157,12 @@ impl Reader {
             }
         }
         let error = last_error.expect("at least one attempt");
-        if self.trust != Trust::Checked {
-            return Err(error);
+        if format!("{error:#}").contains("Max frame recursion depth") {
+            // More than 4096 frames: deep recursion, or frames that loop.
+            self.check_frames(spy).map_err(ReadError::Corrupt)?;
+        }
+        if self.trust != Trust::Checked || started.elapsed() > RETRY_BUDGET {
+            return Err(ReadError::Failed);
         }
         match self.read_after_failing_thread(spy) {
             Some((traces, skipped)) => Ok(Read {
@@ -134,26 +170,52 @@ impl Reader {
                 failed_attempts: FULL_ATTEMPTS,
                 skipped,
             }),
-            None => Err(error),
+            None => Err(ReadError::Failed),
         }
     }
 
-    /// The addresses of the thread states in the list, head first, as far as they can be read.
-    fn thread_states(&self, spy: &PythonSpy, layout: ListLayout) -> Vec<usize> {
-        let mut states = Vec::new();
-        let head_field = spy.addresses.interpreter_address + layout.head;
-        let Ok(mut state) = spy.process.copy_struct::<usize>(head_field) else {
-            return states;
+    /// Walks the thread list (see [`walk`]); a loop or an endless list is an error once confirmed.
+    fn check_list(&mut self, spy: &PythonSpy) -> Result<(), Corrupt> {
+        let Some(layout) = self.layout else {
+            return Ok(());
         };
-        while state != 0 && states.len() < MAX_THREADS {
-            states.push(state);
-            match spy.process.copy_struct::<usize>(state + layout.next) {
-                Ok(next) => state = next,
-                // Freed under us: what follows cannot be found from here.
-                Err(_) => break,
+        let head = (spy.addresses.interpreter_address + layout.head) as u64;
+        let (walker, states) = (&mut self.walker, &mut self.states);
+        let mut read = |address| walk::pointer(&spy.process, address);
+        walk::confirmed(|| walker.thread_states(&mut read, head, layout.next as u64, states))
+    }
+
+    /// Walks every thread's frames; a loop is an error once confirmed.
+    fn check_frames(&mut self, spy: &PythonSpy) -> Result<(), Corrupt> {
+        let (Some(layout), Some((to_frame, previous))) = (self.layout, self.frames) else {
+            return Ok(());
+        };
+        let head = (spy.addresses.interpreter_address + layout.head) as u64;
+        let (walker, states) = (&mut self.walker, &mut self.states);
+        let mut read = |address| walk::pointer(&spy.process, address);
+        walk::confirmed(|| {
+            walker.thread_states(&mut read, head, layout.next as u64, states)?;
+            for &state in states.iter() {
+                walker.frames(&mut read, state, to_frame, previous)?;
             }
+            Ok(())
+        })
+    }
+
+    /// The addresses of the thread states in the list, head first, as far as they can be read
+    /// (empty when the list loops: [`Reader::read`] has refused such a target already).
+    fn list(&mut self, spy: &PythonSpy, layout: ListLayout) -> Vec<usize> {
+        let head = (spy.addresses.interpreter_address + layout.head) as u64;
+        let mut states = Vec::new();
+        let mut read = |address| walk::pointer(&spy.process, address);
+        if self
+            .walker
+            .thread_states(&mut read, head, layout.next as u64, &mut states)
+            .is_err()
+        {
+            states.clear();
         }
-        states
+        states.into_iter().map(|state| state as usize).collect()
     }
 
     /// py-spy's read of the threads that follow thread state `after` in the list.
@@ -170,10 +232,13 @@ impl Reader {
         result
     }
 
-    fn read_after_failing_thread(&self, spy: &mut PythonSpy) -> Option<(Vec<StackTrace>, usize)> {
+    fn read_after_failing_thread(
+        &mut self,
+        spy: &mut PythonSpy,
+    ) -> Option<(Vec<StackTrace>, usize)> {
         let layout = self.layout?;
         let start = Instant::now();
-        let states = self.thread_states(spy, layout);
+        let states = self.list(spy, layout);
         for (index, &state) in states.iter().enumerate().take(MAX_SKIPPED) {
             if start.elapsed() > RECOVERY_BUDGET {
                 break;
@@ -198,7 +263,7 @@ impl Reader {
         if whole.len() < 2 {
             return;
         }
-        let states = self.thread_states(spy, layout);
+        let states = self.list(spy, layout);
         let agrees = states.len() == whole.len()
             && Self::read_from(spy, layout, states[0]).is_ok_and(|rest| {
                 rest.iter()

@@ -5,12 +5,16 @@
 
 use std::path::Path;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use py_spy::config::{LineNo, LockingStrategy};
 use py_spy::{Config, PythonSpy};
 
 use crate::error::{Error, ErrorKind, Result};
+
+pub mod walk;
 
 /// How the stacks are to be read.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,7 +31,9 @@ pub struct Target {
     pub command_line: String,
     pub executable: String,
     pub python_version: String,
-    pub spy: PythonSpy,
+    /// Shared with the thread that reads stacks (src/sampler/worker.rs), which may still be in a
+    /// read when the sampling loop ends.
+    pub spy: Arc<Mutex<PythonSpy>>,
     /// Set in spawn mode: the child we started and must reap.
     pub child: Option<Child>,
 }
@@ -268,7 +274,7 @@ fn describe(pid: i32, spy: PythonSpy, child: Option<Child>) -> Target {
         command_line: command_line(pid),
         executable,
         python_version: spy.version.to_string(),
-        spy,
+        spy: Arc::new(Mutex::new(spy)),
         child,
     }
 }
@@ -276,6 +282,8 @@ fn describe(pid: i32, spy: PythonSpy, child: Option<Child>) -> Target {
 /// Attaches to a running process.
 pub fn attach(pid: i32, options: SpyOptions) -> Result<Target> {
     check_process(pid)?;
+    // Before py-spy: a crafted thread list would keep it busy for minutes (walk.rs).
+    walk::check_before_attach(pid)?;
     let config = spy_config(options);
     // A few quick retries ride over the transient read errors seen while a target starts or forks.
     let mut last_error = None;
@@ -289,6 +297,55 @@ pub fn attach(pid: i32, options: SpyOptions) -> Result<Target> {
     let err = last_error.expect("three attempts were made");
     Err(classify_spy_error(pid, &err))
 }
+
+/// [`attach`], given up at `deadline` or when `stop` is set: finding the interpreter includes
+/// py-spy's first whole read of the stacks, which takes seconds on a target with hundreds of deep
+/// threads, and `--duration` counts from the command's start. The attempt left running reads the
+/// target's memory only, and ends with the process.
+pub fn attach_within(
+    pid: i32,
+    options: SpyOptions,
+    deadline: Option<Instant>,
+    stop: &AtomicBool,
+) -> Result<Target> {
+    let started = Instant::now();
+    let (done, result) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("attach".into())
+        .spawn(move || {
+            let _ = done.send(attach(pid, options));
+        })
+        .map_err(|err| Error::internal(format!("cannot start a thread: {err}")))?;
+    loop {
+        let now = Instant::now();
+        let why = if stop.load(Ordering::Relaxed) {
+            "interrupted"
+        } else if deadline.is_some_and(|d| now >= d) {
+            "--duration reached"
+        } else {
+            let wait = deadline.map_or(STOP_POLL, |d| STOP_POLL.min(d - now));
+            match result.recv_timeout(wait) {
+                Ok(attached) => return attached,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::internal(format!("attaching to PID {pid} failed")))
+                }
+            }
+        };
+        return Err(Error::new(
+            ErrorKind::NotPython,
+            format!(
+                "PID {pid}: {why} before its Python stacks could be read (the first read was \
+                 still running after {:.1} s: a target with many deep threads needs a longer \
+                 --duration)",
+                started.elapsed().as_secs_f64()
+            ),
+        ));
+    }
+}
+
+/// How often [`attach_within`] looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(20);
 
 /// How long a spawned program may take before its interpreter is readable.
 const SPAWN_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -313,6 +370,8 @@ pub fn spawn(command: &[String], options: SpyOptions) -> Result<Target> {
     let started = Instant::now();
     loop {
         // Polled at 1 ms so that as little as possible of the program runs before the first sample.
+        // The program is no more trusted than any target: its thread list is checked first.
+        walk::check_before_attach(pid).inspect_err(|_| stop_child(&mut child))?;
         let attempt = PythonSpy::new(pid, &config).and_then(|mut spy| {
             spy.get_stack_traces()?;
             Ok(spy)
