@@ -15,21 +15,15 @@ use super::debug_offsets::{self, Mapping};
 /// static build), checked to fall inside an executable mapping of that same file. None when it
 /// cannot be found: the caller then does without.
 pub(crate) fn function(pid: i32, name: &str) -> Option<u64> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    let maps = debug_offsets::parse_maps(&maps);
-    let files: Vec<String> = maps
-        .iter()
-        .filter(|m| m.offset == 0 && m.path.starts_with('/'))
-        .map(|m| m.path.clone())
-        .collect();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let maps = debug_offsets::parse_maps(&text);
+    let libc = crate::dtrace::target::find_libc(&crate::dtrace::target::mapped_files(&text))
+        .map(|file| file.name.clone());
     let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|path| path.to_string_lossy().into_owned());
-    let candidates = crate::dtrace::target::find_libc(&files)
-        .into_iter()
-        .chain(executable.as_ref());
-    for path in candidates {
-        let Some(first) = maps.iter().find(|m| m.offset == 0 && &m.path == path) else {
+    for path in libc.into_iter().chain(executable) {
+        let Some(first) = maps.iter().find(|m| m.offset == 0 && m.path == path) else {
             continue;
         };
         let Some(address) = symbol_in(pid, first, name) else {
