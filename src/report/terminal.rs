@@ -37,6 +37,16 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// [`printable`] for an owned string, without a copy when it is printable already (the sampler
+/// masks every frame name of every stack read).
+pub fn printable_owned(text: String) -> String {
+    if text.chars().all(is_harmless) {
+        text
+    } else {
+        printable(&text).into_owned()
+    }
+}
+
 /// Writes through to `W` what [`printable`] keeps, and the writer's own `\n` and `\t`. Bytes that
 /// are not UTF-8 become `?`; a character split across two writes is put back together first.
 pub struct PrintableWriter<W: Write> {
@@ -125,6 +135,8 @@ mod tests {
         assert_eq!(printable("a\rb\nc\td\x7f\u{9b}e"), "a?b?c?d??e");
         assert_eq!(printable("evil\u{202E}txt.py"), "evil?txt.py");
         assert_eq!(printable("naïve_函数"), "naïve_函数");
+        assert_eq!(printable_owned("bad\x1b[2J".into()), "bad?[2J");
+        assert_eq!(printable_owned("ok".into()), "ok");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::attribution::{
 };
 use crate::error::{Error, Result};
 use crate::memory::{RssError, RssReader, ThreadFaults};
-use crate::report::terminal::printable;
+use crate::report::terminal::printable_owned;
 use crate::target::Target;
 
 /// Which stack read an RSS change is charged to.
@@ -216,22 +216,16 @@ fn intern_traces(
             let mut ids: Vec<FrameId> = Vec::with_capacity(trace.frames.len() + 1);
             if threads {
                 let tid = trace.os_thread_id.unwrap_or(trace.thread_id);
-                let name = trace
-                    .thread_name
-                    .as_deref()
-                    .map(|n| printable(n).into_owned());
+                let name = trace.thread_name.clone().map(printable_owned);
                 ids.push(profile.thread_root(tid, name.as_deref()));
             }
             // py-spy lists frames innermost first; the profile keeps them outermost first.
             for frame in trace.frames.into_iter().rev() {
-                ids.push(
-                    profile.intern_frame(Frame {
-                        function: printable(&frame.name).into_owned(),
-                        file: printable(frame.short_filename.as_deref().unwrap_or(&frame.filename))
-                            .into_owned(),
-                        line: frame.line,
-                    }),
-                );
+                ids.push(profile.intern_frame(Frame {
+                    function: printable_owned(frame.name),
+                    file: printable_owned(frame.short_filename.unwrap_or(frame.filename)),
+                    line: frame.line,
+                }));
             }
             ThreadSample {
                 stack: profile.intern_stack(ids),
