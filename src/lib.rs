@@ -1,6 +1,7 @@
 //! pymemtrace: find out where a running Python process's memory goes, from outside.
 //!
-//! Data flows target -> sampler -> a plain data model (attribution) -> report; see DESIGN.md.
+//! Data flows target -> sampler -> a plain data model (attribution) -> report; see docs/how-it-works.md and
+//! docs/security.md.
 
 pub mod attribution;
 pub mod children;

@@ -1,7 +1,7 @@
 //! `--method gdb`: the same pending call, queued by gdb instead of our own ptrace code.
 //!
 //! For machines where a user trusts gdb more than a new tool, or where our ptrace path is refused
-//! for a reason gdb works around. It is the same safe call (../shared/notes/injection.md): gdb maps
+//! for a reason gdb works around. It is the same safe call (docs/inject.md, "Why this method"): gdb maps
 //! a page with `mmap`, writes the bootstrap into it and calls
 //! `Py_AddPendingCall(PyRun_SimpleString, page)`; the interpreter runs it at its next bytecode
 //! boundary. It is slower (gdb reads the interpreter's symbols first) and gdb stops every thread,

@@ -1,6 +1,6 @@
 //! Running a small stdlib-only Python helper inside a live CPython, from outside (Linux x86_64).
 //!
-//! ../shared/notes/injection.md records what is safe on these machines; this follows it:
+//! docs/inject.md ("Why this method") records what is safe on these machines; this follows it:
 //! 1. a private reply channel in the target's own /tmp, made with the target's own rights
 //!    ([`channel`], [`target_user`]);
 //! 2. the main thread is held with ptrace just long enough to map a few pages, write the stub and
@@ -373,7 +373,7 @@ impl std::fmt::Display for Delivery {
 }
 
 /// Blocking calls made with the GIL released, after which CPython code runs again: a direct call
-/// is safe while the main thread waits in one of these (../shared/notes/injection.md).
+/// is safe while the main thread waits in one of these (docs/inject.md, "Why this method").
 fn direct_call_syscall_name(number: u64) -> Option<&'static str> {
     Some(match number {
         0 => "read",

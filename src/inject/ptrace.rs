@@ -1,6 +1,6 @@
 //! Calling a function inside a stopped thread of another process (Linux x86_64), with ptrace.
 //!
-//! The recipe is the one ../shared/notes/injection.md records as safe on these machines: seize and
+//! The recipe is the one docs/inject.md ("Why this method") records as safe on these machines: seize and
 //! interrupt one thread, save its general registers *and* its extended (vector) state, run what we
 //! need, restore both, detach. Signals that arrive for the thread while we hold it are held back and
 //! sent again after the detach, so the target loses none.
