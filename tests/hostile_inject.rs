@@ -261,10 +261,12 @@ fn a_tmp_mounted_over_a_root_directory_is_refused() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let fixture = fixture("hostile_target.py");
+    // The fixture's source goes on the command line: once /tmp is mounted over, a checkout
+    // under /tmp (where CI may clone) is out of the target's sight.
+    let source = std::fs::read_to_string(fixture("hostile_target.py")).unwrap();
     let (mut target, how) = run_with_tmp_over(
         &victim.0,
-        &[python.to_str().unwrap(), fixture.to_str().unwrap(), "plant"],
+        &[python.to_str().unwrap(), "-c", &source, "plant"],
     );
     let mut stdout = BufReader::new(target.stdout.take().unwrap());
     let mut line = String::new();

@@ -321,7 +321,8 @@ fn gc_probes(
     let python = facts.python.as_ref().map_err(|e| e.clone())?;
     let shown = &python.binary;
     let binary = python.binary.tracer_name()?;
-    if python.usdt.contains("gc__start") && python.usdt.contains("gc__done") {
+    let usdt = python.usdt_probes();
+    if usdt.contains("gc__start") && usdt.contains("gc__done") {
         return Ok(if backend_is_dtrace {
             (
                 "python@PID@:::gc-start".to_string(),

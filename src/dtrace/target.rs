@@ -41,10 +41,17 @@ pub struct Python {
     pub runtime: Option<u64>,
     /// The frame offsets for this version, or why there are none.
     pub layout: std::result::Result<&'static FrameLayout, String>,
-    /// The `python` provider's USDT probes in `binary` (e.g. gc__start).
-    pub usdt: BTreeSet<String>,
     /// Which of the functions the scripts attach to `binary` has symbols for.
     pub symbols: BTreeSet<String>,
+}
+
+impl Python {
+    /// The `python` provider's USDT probes in `binary` (e.g. gc__start). Read on demand, not by
+    /// [`inspect`]: it reads the whole binary, and `attach` inspects every target before py-spy
+    /// reads it (a spawned one every millisecond until its interpreter is up) without needing them.
+    pub fn usdt_probes(&self) -> BTreeSet<String> {
+        usdt_probes(&self.binary.path)
+    }
 }
 
 /// The symbols looked up in the interpreter binary.
@@ -255,7 +262,6 @@ fn find_python(pid: i32, files: &[Mapping]) -> std::result::Result<Python, Strin
         version: format!("{}.{}.{}", version.major, version.minor, version.patch),
         major: version.major,
         minor: version.minor,
-        usdt: usdt_probes(&binary.path),
         binary,
         runtime,
         layout: offsets::layout(version.major, version.minor),
