@@ -316,19 +316,35 @@ pub fn attach_within(
             let _ = done.send(attach(pid, options));
         })
         .map_err(|err| Error::internal(format!("cannot start a thread: {err}")))?;
+    // When the stop or the deadline comes, the attempt still gets [`END_GRACE`]: a target found
+    // by then is sampled not at all and reported (an empty report, exit 0, as for any Ctrl-C),
+    // and only a read still running after it is given up.
+    let mut ending: Option<(Instant, &str)> = None;
     loop {
         let now = Instant::now();
-        let why = if stop.load(Ordering::Relaxed) {
-            "interrupted"
-        } else if deadline.is_some_and(|d| now >= d) {
-            "--duration reached"
-        } else {
-            let wait = deadline.map_or(STOP_POLL, |d| STOP_POLL.min(d - now));
-            match result.recv_timeout(wait) {
-                Ok(attached) => return attached,
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(Error::internal(format!("attaching to PID {pid} failed")))
+        if ending.is_none() {
+            if stop.load(Ordering::Relaxed) {
+                ending = Some((now, "interrupted"));
+            } else if deadline.is_some_and(|d| now >= d) {
+                ending = Some((now, "--duration reached"));
+            }
+        }
+        let why = match ending {
+            Some((since, why)) if now >= since + END_GRACE => why,
+            _ => {
+                let until = match ending {
+                    Some((since, _)) => Some(since + END_GRACE),
+                    None => deadline,
+                };
+                let wait = until.map_or(STOP_POLL, |u| {
+                    STOP_POLL.min(u.saturating_duration_since(now))
+                });
+                match result.recv_timeout(wait) {
+                    Ok(attached) => return attached,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return Err(Error::internal(format!("attaching to PID {pid} failed")))
+                    }
                 }
             }
         };
@@ -346,6 +362,9 @@ pub fn attach_within(
 
 /// How often [`attach_within`] looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// How long [`attach_within`] still waits for a first read once stopped or out of time.
+const END_GRACE: Duration = Duration::from_millis(500);
 
 /// How long a spawned program may take before its interpreter is readable.
 const SPAWN_READY_TIMEOUT: Duration = Duration::from_secs(10);
