@@ -671,13 +671,14 @@ fn attach_and_report(args: &AttachArgs, outputs: &[Output], started: Instant) ->
         eprintln!("{warning}");
     }
 
-    // What is left of `--duration` once the target was found, in whole milliseconds (at least
-    // one, so that the report still says "duration reached").
+    // What is left of `--duration` once the target was found, in whole milliseconds. At least
+    // the shorter of the duration and MIN_SAMPLING: a target that took the whole of a short
+    // duration to find still gets its first stack read (a report of 0 samples answers nothing),
+    // and the run still ends well within a second of the deadline.
+    const MIN_SAMPLING: f64 = 0.05;
     let remaining = args.duration.map(|d| {
-        ((d - started.elapsed().as_secs_f64()) * 1000.0)
-            .round()
-            .max(1.0)
-            / 1000.0
+        let floor = d.clamp(0.001, MIN_SAMPLING);
+        (((d - started.elapsed().as_secs_f64()) * 1000.0).round() / 1000.0).max(floor)
     });
     let settings = Settings {
         rate: args.rate,
